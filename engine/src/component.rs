@@ -1,0 +1,159 @@
+//! The three component traits. Sources produce micro-batches and inject barriers; operators are
+//! synchronous transformations driven by the runtime (so they are easy to test and cheap to
+//! call); sinks write batches out and make them durable at each checkpoint barrier.
+
+use std::sync::Arc;
+
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::message::{Barrier, Watermark};
+use crate::metrics::ComponentMetrics;
+use crate::runtime::output::Output;
+
+/// An error raised by a running component. The runtime logs it with the component's id and
+/// stops the pipeline (sinks retry transient failures themselves before giving up).
+#[derive(Debug, thiserror::Error)]
+pub enum ComponentError {
+    #[error("arrow: {0}")]
+    Arrow(#[from] ArrowError),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("every downstream component has stopped")]
+    DownstreamClosed,
+    #[error("{0}")]
+    Other(String),
+}
+
+impl ComponentError {
+    pub fn other(message: impl std::fmt::Display) -> Self {
+        ComponentError::Other(message.to_string())
+    }
+}
+
+pub type ComponentResult<T = ()> = Result<T, ComponentError>;
+
+/// What a running source is handed.
+pub struct SourceContext {
+    pub id: String,
+    pub output: Output,
+    /// Barriers to inject, in order, from the checkpoint coordinator. A source sends each one
+    /// downstream after the data it has already emitted, and before anything newer.
+    pub barriers: mpsc::Receiver<Barrier>,
+    /// The id of the newest checkpoint that every sink has made durable.
+    pub completed_checkpoints: watch::Receiver<u64>,
+    /// Cancelled on shutdown: flush what is buffered, then return.
+    pub shutdown: CancellationToken,
+    pub metrics: Arc<ComponentMetrics>,
+}
+
+/// Produces batches. `run` returns when its input is exhausted or on shutdown, after sending
+/// everything it has buffered.
+#[async_trait]
+pub trait Source: Send {
+    async fn run(self: Box<Self>, ctx: SourceContext) -> ComponentResult;
+}
+
+/// What an operator emits while handling one call.
+#[derive(Debug, Default)]
+pub struct Collector {
+    pub(crate) batches: Vec<(usize, RecordBatch)>,
+    pub(crate) watermark: Option<Watermark>,
+}
+
+impl Collector {
+    /// Emits a batch on the default output.
+    pub fn emit(&mut self, batch: RecordBatch) {
+        self.emit_to(0, batch);
+    }
+
+    /// Emits a batch on the output port with this index (0 is the default output; named
+    /// ports follow in the order the operator declared them). Empty batches are dropped.
+    pub fn emit_to(&mut self, port: usize, batch: RecordBatch) {
+        if batch.num_rows() > 0 {
+            self.batches.push((port, batch));
+        }
+    }
+
+    /// Sets the operator's output watermark.
+    pub fn watermark(&mut self, watermark: Watermark) {
+        self.watermark = Some(match self.watermark {
+            Some(previous) => previous.max(watermark),
+            None => watermark,
+        });
+    }
+
+    /// Takes what was collected (for tests and for the runtime).
+    pub fn take(&mut self) -> (Vec<(usize, RecordBatch)>, Option<Watermark>) {
+        (std::mem::take(&mut self.batches), self.watermark.take())
+    }
+}
+
+/// A synchronous transformation of batches. The runtime calls it from one task; inputs are
+/// numbered in the order of the component's `inputs` setting.
+pub trait Operator: Send {
+    /// Handles one input batch.
+    fn process(
+        &mut self,
+        input: usize,
+        batch: &RecordBatch,
+        out: &mut Collector,
+    ) -> ComponentResult;
+
+    /// The combined watermark of the inputs advanced. The default forwards it.
+    fn on_watermark(&mut self, watermark: Watermark, out: &mut Collector) -> ComponentResult {
+        out.watermark(watermark);
+        Ok(())
+    }
+
+    /// Called periodically with the wall clock (µs), for processing-time work such as
+    /// advancing event time on an idle stream.
+    fn on_tick(&mut self, _now_micros: i64, _out: &mut Collector) -> ComponentResult {
+        Ok(())
+    }
+
+    /// A checkpoint barrier has arrived on every input; everything before it was processed.
+    /// State snapshots hook in here.
+    fn on_barrier(&mut self, _barrier: Barrier) -> ComponentResult {
+        Ok(())
+    }
+
+    /// Every input has ended (or the pipeline is shutting down): emit everything still held.
+    fn on_end(&mut self, _out: &mut Collector) -> ComponentResult {
+        Ok(())
+    }
+}
+
+/// Writes batches somewhere.
+#[async_trait]
+pub trait Sink: Send {
+    /// Accepts one batch. May buffer; buffered data must be made durable by `checkpoint`.
+    async fn write(&mut self, batch: RecordBatch) -> ComponentResult;
+
+    /// The combined watermark of the inputs advanced.
+    async fn on_watermark(&mut self, _watermark: Watermark) -> ComponentResult {
+        Ok(())
+    }
+
+    /// Called periodically, for time-based flushing.
+    async fn on_tick(&mut self) -> ComponentResult {
+        Ok(())
+    }
+
+    /// Makes everything written before the barrier durable. The runtime acknowledges the
+    /// barrier to the checkpoint coordinator only after this returns `Ok`.
+    async fn checkpoint(&mut self, _barrier: Barrier) -> ComponentResult {
+        self.flush().await
+    }
+
+    /// Writes out anything buffered.
+    async fn flush(&mut self) -> ComponentResult;
+
+    /// The inputs ended: flush and release resources.
+    async fn close(&mut self) -> ComponentResult {
+        self.flush().await
+    }
+}

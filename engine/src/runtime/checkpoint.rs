@@ -1,0 +1,149 @@
+//! The checkpoint coordinator: injects a barrier into every source at the configured interval
+//! (or when triggered), collects every sink's acknowledgement, and then publishes the
+//! checkpoint as complete, which is when sources may acknowledge what came before it upstream.
+//! One checkpoint is in flight at a time.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::message::Barrier;
+use crate::time::now_micros;
+
+/// Counters of the coordinator, reported when the run ends.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CheckpointStats {
+    pub started: u64,
+    pub completed: u64,
+    pub last_duration: Option<Duration>,
+}
+
+/// Lets a caller trigger a checkpoint and wait for its completion.
+#[derive(Clone)]
+pub struct CheckpointHandle {
+    trigger: mpsc::Sender<()>,
+    completed: watch::Receiver<u64>,
+}
+
+impl CheckpointHandle {
+    /// Starts a checkpoint (unless one is in flight) and waits until a checkpoint newer than
+    /// the last completed one completes. `None` if the pipeline stopped first.
+    pub async fn checkpoint(&mut self) -> Option<u64> {
+        let before = *self.completed.borrow_and_update();
+        self.trigger.send(()).await.ok()?;
+        loop {
+            self.completed.changed().await.ok()?;
+            let now = *self.completed.borrow_and_update();
+            if now > before {
+                return Some(now);
+            }
+        }
+    }
+
+    /// The newest completed checkpoint id (0 before the first).
+    pub fn completed(&self) -> u64 {
+        *self.completed.borrow()
+    }
+}
+
+pub(crate) struct Coordinator {
+    sources: Vec<mpsc::Sender<Barrier>>,
+    sink_count: usize,
+    acks: mpsc::Receiver<(usize, u64)>,
+    completed: watch::Sender<u64>,
+    trigger: mpsc::Receiver<()>,
+    interval: Duration,
+}
+
+struct InFlight {
+    barrier: Barrier,
+    started: Instant,
+    acked: HashSet<usize>,
+}
+
+impl Coordinator {
+    pub(crate) fn new(
+        sources: Vec<mpsc::Sender<Barrier>>,
+        sink_count: usize,
+        acks: mpsc::Receiver<(usize, u64)>,
+        completed: watch::Sender<u64>,
+        completed_rx: watch::Receiver<u64>,
+        interval: Duration,
+    ) -> (CheckpointHandle, Self) {
+        let (trigger_tx, trigger_rx) = mpsc::channel(1);
+        (
+            CheckpointHandle {
+                trigger: trigger_tx,
+                completed: completed_rx,
+            },
+            Self {
+                sources,
+                sink_count,
+                acks,
+                completed,
+                trigger: trigger_rx,
+                interval,
+            },
+        )
+    }
+
+    pub(crate) async fn run(mut self, stop: CancellationToken) -> CheckpointStats {
+        let mut stats = CheckpointStats::default();
+        let mut next_id = 1u64;
+        let mut in_flight: Option<InFlight> = None;
+        let periodic = !self.interval.is_zero();
+        let mut ticker = tokio::time::interval(if periodic {
+            self.interval
+        } else {
+            Duration::from_secs(3600)
+        });
+        ticker.tick().await; // the first tick is immediate: skip it
+        loop {
+            let start = tokio::select! {
+                _ = stop.cancelled() => return stats,
+                _ = ticker.tick() => periodic,
+                Some(()) = self.trigger.recv() => true,
+                Some((sink, id)) = self.acks.recv() => {
+                    if let Some(flight) = in_flight.as_mut().filter(|f| f.barrier.checkpoint_id == id) {
+                        flight.acked.insert(sink);
+                        if flight.acked.len() >= self.sink_count {
+                            let duration = flight.started.elapsed();
+                            stats.completed += 1;
+                            stats.last_duration = Some(duration);
+                            tracing::debug!(checkpoint = id, ?duration, "checkpoint complete");
+                            let _ = self.completed.send(id);
+                            in_flight = None;
+                        }
+                    }
+                    false
+                }
+            };
+            if !start || in_flight.is_some() || self.sources.is_empty() {
+                continue;
+            }
+            let barrier = Barrier {
+                checkpoint_id: next_id,
+                started_at_micros: now_micros(),
+            };
+            next_id += 1;
+            // A source that has finished has dropped its receiver; it no longer takes part.
+            self.sources.retain(|s| !s.is_closed());
+            for source in &self.sources {
+                let _ = source.try_send(barrier);
+            }
+            stats.started += 1;
+            if self.sink_count == 0 {
+                stats.completed += 1;
+                let _ = self.completed.send(barrier.checkpoint_id);
+                continue;
+            }
+            in_flight = Some(InFlight {
+                barrier,
+                started: Instant::now(),
+                acked: HashSet::new(),
+            });
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The task loops that drive operators and sinks from their merged inputs.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+
+use crate::component::{Collector, ComponentResult, Operator, Sink};
+use crate::message::Message;
+use crate::metrics::ComponentMetrics;
+use crate::runtime::input::{InputEvent, InputSet};
+use crate::runtime::output::Output;
+use crate::time::now_micros;
+
+async fn drain(collector: &mut Collector, output: &mut Output) -> ComponentResult {
+    let (batches, watermark) = collector.take();
+    for (port, batch) in batches {
+        output.send_batch(port, batch).await?;
+    }
+    if let Some(watermark) = watermark {
+        output.send_control(Message::Watermark(watermark)).await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn run_operator(
+    mut operator: Box<dyn Operator>,
+    mut inputs: InputSet,
+    mut output: Output,
+    tick: Duration,
+) -> ComponentResult {
+    let mut collector = Collector::default();
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            biased;
+            event = inputs.next() => match event {
+                InputEvent::Data(input, batch) => operator.process(input, &batch, &mut collector)?,
+                InputEvent::Watermark(watermark) => operator.on_watermark(watermark, &mut collector)?,
+                InputEvent::Barrier(barrier) => {
+                    operator.on_barrier(barrier)?;
+                    drain(&mut collector, &mut output).await?;
+                    output.send_control(Message::Barrier(barrier)).await?;
+                    continue;
+                }
+                InputEvent::End => {
+                    operator.on_end(&mut collector)?;
+                    drain(&mut collector, &mut output).await?;
+                    return Ok(());
+                }
+            },
+            _ = ticker.tick() => {
+                if let Some(watermark) = inputs.on_tick() {
+                    operator.on_watermark(watermark, &mut collector)?;
+                }
+                operator.on_tick(now_micros(), &mut collector)?;
+            }
+        }
+        if let Err(error) = drain(&mut collector, &mut output).await {
+            // Nobody downstream is listening any more (it failed); stop quietly.
+            return Err(error);
+        }
+    }
+}
+
+pub(crate) async fn run_sink(
+    mut sink: Box<dyn Sink>,
+    mut inputs: InputSet,
+    index: usize,
+    acks: mpsc::Sender<(usize, u64)>,
+    metrics: Arc<ComponentMetrics>,
+    tick: Duration,
+) -> ComponentResult {
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            biased;
+            event = inputs.next() => match event {
+                InputEvent::Data(_, batch) => {
+                    if let Err(error) = sink.write(batch).await {
+                        metrics.add_errors(1);
+                        return Err(error);
+                    }
+                }
+                InputEvent::Watermark(watermark) => sink.on_watermark(watermark).await?,
+                InputEvent::Barrier(barrier) => {
+                    sink.checkpoint(barrier).await?;
+                    metrics.checkpoints_acked.fetch_add(1, Ordering::Relaxed);
+                    // The coordinator may be gone during shutdown; the ack then has no reader.
+                    let _ = acks.send((index, barrier.checkpoint_id)).await;
+                }
+                InputEvent::End => {
+                    sink.close().await?;
+                    return Ok(());
+                }
+            },
+            _ = ticker.tick() => {
+                if let Some(watermark) = inputs.on_tick() {
+                    sink.on_watermark(watermark).await?;
+                }
+                sink.on_tick().await?;
+            }
+        }
+    }
+}

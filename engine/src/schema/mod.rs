@@ -1,0 +1,29 @@
+//! The two schemas that matter most, defined once: `api_call` (one row per intercepted call) and
+//! `window_metrics` (one row per window and key).
+
+pub mod api_call;
+pub mod window_metrics;
+
+pub use api_call::{api_call_schema, ApiCall, ApiCallBatchBuilder, Outcome};
+
+use arrow::datatypes::{DataType, Schema};
+
+/// Checks that `schema` has a field `name` of type `expected`; the error says what was found.
+pub fn require_field(schema: &Schema, name: &str, expected: &DataType) -> Result<(), String> {
+    match schema.field_with_name(name) {
+        Ok(field) if field.data_type() == expected => Ok(()),
+        Ok(field) => Err(format!(
+            "field `{name}` has type {} but {expected} is needed",
+            field.data_type()
+        )),
+        Err(_) => Err(format!(
+            "no field `{name}` ({expected}) in the input; it has: {}",
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
