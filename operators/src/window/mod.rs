@@ -1,0 +1,488 @@
+//! `window`: event-time windows (tumbling or hopping) per key, with everything a dashboard
+//! needs computed in the same pass — count, errors, error rate, rate per second, latency
+//! mean/min/max, latency and TTFT quantiles from DDSketch, token sums.
+//!
+//! Time: the watermark is the largest event time seen minus `out_of_orderness`, advanced per
+//! row (so results do not depend on how rows were batched), by in-band watermarks from
+//! upstream, and by the wall clock when the stream has been idle for `idle_timeout`. A window
+//! fires when the watermark passes its end. A late row whose window is still within
+//! `allowed_lateness` updates the window, which is emitted again with `revision` + 1. A row
+//! later than that is counted (`late` metric) and sent to the `late` output, never dropped
+//! silently. Hopping windows are built from panes of `slide`, so each row updates one pane.
+
+mod agg;
+pub mod config;
+mod keys;
+mod output;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, BooleanArray, Float64Array, StringArray, TimestampMicrosecondArray, UInt32Array,
+};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{DataType, FieldRef, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use engine::component::{Collector, ComponentError, ComponentResult, Operator};
+use engine::config::ConfigError;
+use engine::message::Watermark;
+use engine::metrics::ComponentMetrics;
+use engine::registry::{BuildContext, BuiltOperator, OutputPort};
+use engine::schema::api_call::{
+    timestamp_type, EVENT_TIME, INPUT_TOKENS, LATENCY_MS, OUTCOME, OUTPUT_TOKENS, TTFT_MS,
+};
+use engine::schema::require_field;
+use engine::schema::window_metrics::window_metrics_schema;
+use sketches_ddsketch::Config as SketchConfig;
+
+pub use agg::Aggregate;
+pub use config::{WindowConfig, WindowKind};
+use keys::{KeyId, KeyInterner};
+
+/// The index of the side output that carries rows too late for any open window.
+pub const LATE_PORT: usize = 1;
+
+struct Columns {
+    time: usize,
+    latency: usize,
+    outcome: usize,
+    ttft: Option<usize>,
+    input_tokens: Option<usize>,
+    output_tokens: Option<usize>,
+    keys: Vec<usize>,
+}
+
+pub struct Window {
+    name: String,
+    size: i64,
+    pane: i64,
+    lateness: i64,
+    out_of_orderness: i64,
+    idle_timeout: i64,
+    quantiles: Vec<f64>,
+    sketch: SketchConfig,
+    error_outcomes: Vec<String>,
+    columns: Columns,
+    output_schema: SchemaRef,
+    metrics: Arc<ComponentMetrics>,
+    keys: KeyInterner,
+    /// Pane start → aggregate per key id.
+    panes: BTreeMap<i64, Vec<Option<Aggregate>>>,
+    /// How many times each (window start, key) has been emitted.
+    revisions: HashMap<(i64, KeyId), u32>,
+    /// Fired windows (start, key) updated by late rows, to be emitted again.
+    dirty: BTreeSet<(i64, KeyId)>,
+    watermark: i64,
+    /// Every window ending at or before this has fired.
+    fired_to: i64,
+    emitted_watermark: i64,
+    max_event_time: i64,
+    last_arrival_wall: Option<i64>,
+    key_ids: Vec<KeyId>,
+}
+
+fn typed_column<'a, T: 'static>(batch: &'a RecordBatch, index: usize) -> ComponentResult<&'a T> {
+    batch
+        .column(index)
+        .as_any()
+        .downcast_ref::<T>()
+        .ok_or_else(|| ComponentError::other(format!("column {index} has an unexpected type")))
+}
+
+/// Builds a window operator from its config (used by the registry, tests and benches).
+pub fn build(ctx: &BuildContext<'_, '_>) -> Result<BuiltOperator, ConfigError> {
+    let config: WindowConfig = ctx.spec.settings()?;
+    config
+        .check()
+        .map_err(|(key, message)| ctx.spec.error_at_key(key, message))?;
+    let schema = ctx.input_schema()?;
+    let window = Window::new(&ctx.spec.id, &config, &schema, ctx.metrics.clone()).map_err(
+        |(key, message)| match key {
+            Some(key) => ctx.spec.error_at_key(key, message),
+            None => ctx.spec.error_at_input(0, message),
+        },
+    )?;
+    let output_schema = window.output_schema.clone();
+    Ok(BuiltOperator {
+        operator: Box::new(window),
+        outputs: vec![
+            OutputPort::default_port(output_schema),
+            OutputPort::named("late", schema),
+        ],
+    })
+}
+
+impl Window {
+    /// Checks `input` against what the window needs. Errors name the setting at fault
+    /// (`Some(key)`) or the input (`None`).
+    pub fn new(
+        name: &str,
+        config: &WindowConfig,
+        input: &SchemaRef,
+        metrics: Arc<ComponentMetrics>,
+    ) -> Result<Self, (Option<&'static str>, String)> {
+        let input_error = |message: String| {
+            (
+                None,
+                format!("the input cannot be windowed: {message} (a window needs api_call rows)"),
+            )
+        };
+        require_field(input, EVENT_TIME, &timestamp_type()).map_err(input_error)?;
+        require_field(input, LATENCY_MS, &DataType::Float64).map_err(input_error)?;
+        require_field(input, OUTCOME, &DataType::Utf8).map_err(input_error)?;
+        let optional = |name: &str,
+                        data_type: DataType|
+         -> Result<Option<usize>, (Option<&'static str>, String)> {
+            match input.index_of(name) {
+                Ok(index) => {
+                    require_field(input, name, &data_type).map_err(input_error)?;
+                    Ok(Some(index))
+                }
+                Err(_) => Ok(None),
+            }
+        };
+        let ttft = optional(TTFT_MS, DataType::Float64)?;
+        let input_tokens = optional(INPUT_TOKENS, DataType::UInt32)?;
+        let output_tokens = optional(OUTPUT_TOKENS, DataType::UInt32)?;
+        let mut key_columns = Vec::new();
+        let mut key_fields: Vec<FieldRef> = Vec::new();
+        for key in &config.key {
+            let index = input.index_of(key).map_err(|_| {
+                (
+                    Some("key"),
+                    format!(
+                        "key field `{key}` is not in the input; it has: {}",
+                        input
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })?;
+            let field = input.field(index);
+            if field.data_type() != &DataType::Utf8 {
+                return Err((
+                    Some("key"),
+                    format!(
+                        "key field `{key}` is {}; key fields must be text (e.g. model, endpoint, method, outcome, client_id, upstream)",
+                        field.data_type()
+                    ),
+                ));
+            }
+            key_columns.push(index);
+            key_fields.push(input.fields()[index].clone());
+        }
+        let output_schema = window_metrics_schema(&key_fields, &config.quantiles);
+        Ok(Self {
+            name: name.to_string(),
+            size: config.size.as_micros(),
+            pane: config.pane_micros(),
+            lateness: config.allowed_lateness.as_micros(),
+            out_of_orderness: config.out_of_orderness.as_micros(),
+            idle_timeout: config.idle_timeout.as_micros(),
+            quantiles: config.quantiles.clone(),
+            sketch: SketchConfig::new(config.relative_accuracy, 2048, 1.0e-9),
+            error_outcomes: config.error_outcomes.clone(),
+            columns: Columns {
+                time: input.index_of(EVENT_TIME).expect("checked above"),
+                latency: input.index_of(LATENCY_MS).expect("checked above"),
+                outcome: input.index_of(OUTCOME).expect("checked above"),
+                ttft,
+                input_tokens,
+                output_tokens,
+                keys: key_columns,
+            },
+            output_schema,
+            metrics,
+            keys: KeyInterner::default(),
+            panes: BTreeMap::new(),
+            revisions: HashMap::new(),
+            dirty: BTreeSet::new(),
+            watermark: i64::MIN,
+            fired_to: i64::MIN,
+            emitted_watermark: i64::MIN,
+            max_event_time: i64::MIN,
+            last_arrival_wall: None,
+            key_ids: Vec::new(),
+        })
+    }
+
+    pub fn output_schema(&self) -> SchemaRef {
+        self.output_schema.clone()
+    }
+
+    /// The current watermark (µs), `i64::MIN` before the first event.
+    pub fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    /// Windows still held in memory (panes), for tests and metrics.
+    pub fn open_panes(&self) -> usize {
+        self.panes.len()
+    }
+
+    fn add_rows(&mut self, batch: &RecordBatch) -> ComponentResult<Option<BooleanArray>> {
+        let rows = batch.num_rows();
+        let times: &TimestampMicrosecondArray = typed_column(batch, self.columns.time)?;
+        let latency: &Float64Array = typed_column(batch, self.columns.latency)?;
+        let outcome: &StringArray = typed_column(batch, self.columns.outcome)?;
+        let ttft: Option<&Float64Array> = self
+            .columns
+            .ttft
+            .map(|i| typed_column(batch, i))
+            .transpose()?;
+        let input_tokens: Option<&UInt32Array> = self
+            .columns
+            .input_tokens
+            .map(|i| typed_column(batch, i))
+            .transpose()?;
+        let output_tokens: Option<&UInt32Array> = self
+            .columns
+            .output_tokens
+            .map(|i| typed_column(batch, i))
+            .transpose()?;
+        let key_columns: Vec<&StringArray> = self
+            .columns
+            .keys
+            .iter()
+            .map(|&i| typed_column(batch, i))
+            .collect::<ComponentResult<_>>()?;
+        let mut key_ids = std::mem::take(&mut self.key_ids);
+        self.keys.intern_rows(&key_columns, rows, &mut key_ids);
+        let key_count = self.keys.len();
+
+        let (size, pane_len, lateness) = (self.size, self.pane, self.lateness);
+        let mut watermark = self.watermark;
+        let mut max_time = self.max_event_time;
+        let fired_to = self.fired_to;
+        let sketch = self.sketch;
+        let errors = &self.error_outcomes;
+        let mut too_late: Option<Vec<bool>> = None;
+        let mut late_count = 0u64;
+        let mut current: Option<(i64, &mut Vec<Option<Aggregate>>)> = None;
+        for (row, &key) in key_ids.iter().enumerate() {
+            if times.is_null(row) || latency.is_null(row) {
+                too_late.get_or_insert_with(|| vec![false; rows])[row] = true;
+                late_count += 1;
+                continue;
+            }
+            let time = times.value(row);
+            let pane = time.div_euclid(pane_len) * pane_len;
+            if pane + size + lateness <= watermark {
+                too_late.get_or_insert_with(|| vec![false; rows])[row] = true;
+                late_count += 1;
+                continue;
+            }
+            if pane + pane_len <= fired_to {
+                // Windows of this pane that already fired and are still open at this row's
+                // watermark are emitted again with the row.
+                let first = pane - size + pane_len;
+                for start in (0..size / pane_len).map(|i| first + i * pane_len) {
+                    let end = start + size;
+                    if end <= fired_to && end + lateness > watermark {
+                        self.dirty.insert((start, key));
+                    }
+                }
+            }
+            if current.as_ref().map(|(start, _)| *start) != Some(pane) {
+                current = Some((pane, self.panes.entry(pane).or_default()));
+            }
+            let slots = &mut current.as_mut().expect("set just above").1;
+            if slots.len() < key_count {
+                slots.resize_with(key_count, || None);
+            }
+            let aggregate = slots[key as usize].get_or_insert_with(|| Aggregate::new(sketch));
+            let is_error = !outcome.is_null(row) && {
+                let value = outcome.value(row);
+                errors.iter().any(|e| e == value)
+            };
+            aggregate.add_latency(latency.value(row), is_error);
+            if let Some(ttft) = ttft {
+                if ttft.is_valid(row) {
+                    aggregate.add_ttft(ttft.value(row));
+                }
+            }
+            if let Some(tokens) = input_tokens {
+                if tokens.is_valid(row) {
+                    aggregate.input_tokens += u64::from(tokens.value(row));
+                }
+            }
+            if let Some(tokens) = output_tokens {
+                if tokens.is_valid(row) {
+                    aggregate.output_tokens += u64::from(tokens.value(row));
+                }
+            }
+            if time > max_time {
+                max_time = time;
+                watermark = watermark.max(time - self.out_of_orderness);
+            }
+        }
+        self.key_ids = key_ids;
+        self.watermark = watermark;
+        self.max_event_time = max_time;
+        if late_count > 0 {
+            self.metrics.add_late(late_count);
+        }
+        Ok(too_late.map(BooleanArray::from))
+    }
+
+    /// The starts of every window containing `pane`.
+    fn windows_of(&self, pane: i64) -> impl Iterator<Item = i64> + use<> {
+        let pane_len = self.pane;
+        let first = pane - self.size + pane_len;
+        (0..self.size / pane_len).map(move |i| first + i * pane_len)
+    }
+
+    /// Merges the panes of window `start` for `key`.
+    fn window_aggregate(&self, start: i64, key: KeyId) -> Option<Aggregate> {
+        let mut merged: Option<Aggregate> = None;
+        for (_, slots) in self.panes.range(start..start + self.size) {
+            if let Some(Some(aggregate)) = slots.get(key as usize) {
+                match &mut merged {
+                    Some(m) => m.merge(aggregate),
+                    None => merged = Some(aggregate.clone()),
+                }
+            }
+        }
+        merged
+    }
+
+    fn keys_of_window(&self, start: i64) -> BTreeSet<KeyId> {
+        self.panes
+            .range(start..start + self.size)
+            .flat_map(|(_, slots)| {
+                slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, a)| a.is_some())
+                    .map(|(k, _)| k as KeyId)
+            })
+            .collect()
+    }
+
+    /// Emits re-opened windows, fires windows the watermark has passed, frees expired state,
+    /// and forwards the watermark.
+    fn advance(&mut self, out: &mut Collector) -> ComponentResult {
+        let mut rows: Vec<(i64, KeyId, Aggregate)> = Vec::new();
+        // Windows already fired that late rows changed.
+        for (start, key) in std::mem::take(&mut self.dirty) {
+            if let Some(aggregate) = self.window_aggregate(start, key) {
+                rows.push((start, key, aggregate));
+            }
+        }
+        // Windows ending in (fired_to, watermark].
+        if self.watermark > self.fired_to {
+            let mut starts = BTreeSet::new();
+            for &pane in self.panes.keys() {
+                for start in self.windows_of(pane) {
+                    let end = start + self.size;
+                    if end > self.fired_to && end <= self.watermark {
+                        starts.insert(start);
+                    }
+                }
+            }
+            for start in starts {
+                for key in self.keys_of_window(start) {
+                    if let Some(aggregate) = self.window_aggregate(start, key) {
+                        rows.push((start, key, aggregate));
+                    }
+                }
+            }
+            self.fired_to = self.watermark;
+        }
+        if !rows.is_empty() {
+            let mut revisions = Vec::with_capacity(rows.len());
+            for (start, key, _) in &rows {
+                let revision = self.revisions.entry((*start, *key)).or_insert(0);
+                revisions.push(*revision);
+                *revision += 1;
+            }
+            let batch = output::build_batch(self, &rows, &revisions)?;
+            out.emit(batch);
+        }
+        // Free panes no window can change any more.
+        let expired_before = self
+            .watermark
+            .saturating_sub(self.size)
+            .saturating_sub(self.lateness);
+        // Panes p with p + size + lateness <= watermark, i.e. p <= expired_before.
+        if expired_before != i64::MIN {
+            let keep = self.panes.split_off(&(expired_before.saturating_add(1)));
+            self.panes = keep;
+            let size = self.size;
+            let lateness = self.lateness;
+            let watermark = self.watermark;
+            self.revisions
+                .retain(|(start, _), _| start + size + lateness > watermark);
+        }
+        self.metrics
+            .watermark
+            .store(self.watermark, Ordering::Relaxed);
+        let output_watermark = if self.watermark == i64::MAX {
+            i64::MAX
+        } else {
+            self.watermark.saturating_sub(self.lateness)
+        };
+        if output_watermark > self.emitted_watermark {
+            self.emitted_watermark = output_watermark;
+            out.watermark(Watermark(output_watermark));
+        }
+        Ok(())
+    }
+}
+
+impl Operator for Window {
+    fn process(
+        &mut self,
+        _input: usize,
+        batch: &RecordBatch,
+        out: &mut Collector,
+    ) -> ComponentResult {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.last_arrival_wall = Some(engine::time::now_micros());
+        if let Some(mask) = self.add_rows(batch)? {
+            out.emit_to(LATE_PORT, filter_record_batch(batch, &mask)?);
+        }
+        self.advance(out)
+    }
+
+    fn on_watermark(&mut self, watermark: Watermark, out: &mut Collector) -> ComponentResult {
+        if watermark.0 > self.watermark {
+            self.watermark = watermark.0;
+        }
+        self.advance(out)
+    }
+
+    fn on_tick(&mut self, now_micros: i64, out: &mut Collector) -> ComponentResult {
+        let Some(last) = self.last_arrival_wall else {
+            return Ok(());
+        };
+        let idle_for = now_micros - last;
+        if idle_for < self.idle_timeout || self.max_event_time == i64::MIN {
+            return Ok(());
+        }
+        let advanced = self
+            .max_event_time
+            .saturating_add(idle_for)
+            .saturating_sub(self.out_of_orderness);
+        if advanced > self.watermark {
+            self.watermark = advanced;
+            self.advance(out)?;
+        }
+        Ok(())
+    }
+
+    fn on_end(&mut self, out: &mut Collector) -> ComponentResult {
+        self.watermark = i64::MAX;
+        self.advance(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,116 @@
+//! Turns fired windows into `window_metrics` record batches.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, Float64Builder, StringBuilder, TimestampMicrosecondBuilder, UInt32Builder,
+    UInt64Builder,
+};
+use arrow::record_batch::RecordBatch;
+use engine::component::ComponentResult;
+
+use super::keys::KeyId;
+use super::{Aggregate, Window};
+
+pub(super) fn build_batch(
+    window: &Window,
+    rows: &[(i64, KeyId, Aggregate)],
+    revisions: &[u32],
+) -> ComponentResult<RecordBatch> {
+    let n = rows.len();
+    let size_secs = window.size as f64 / 1_000_000.0;
+    let mut name = StringBuilder::with_capacity(n, n * window.name.len());
+    let mut start = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut end = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut keys: Vec<StringBuilder> = window
+        .columns
+        .keys
+        .iter()
+        .map(|_| StringBuilder::new())
+        .collect();
+    let mut count = UInt64Builder::with_capacity(n);
+    let mut errors = UInt64Builder::with_capacity(n);
+    let mut error_rate = Float64Builder::with_capacity(n);
+    let mut rate = Float64Builder::with_capacity(n);
+    let mut mean = Float64Builder::with_capacity(n);
+    let mut min = Float64Builder::with_capacity(n);
+    let mut max = Float64Builder::with_capacity(n);
+    let mut latency_q: Vec<Float64Builder> = window
+        .quantiles
+        .iter()
+        .map(|_| Float64Builder::with_capacity(n))
+        .collect();
+    let mut ttft_count = UInt64Builder::with_capacity(n);
+    let mut ttft_q: Vec<Float64Builder> = window
+        .quantiles
+        .iter()
+        .map(|_| Float64Builder::with_capacity(n))
+        .collect();
+    let mut input_tokens = UInt64Builder::with_capacity(n);
+    let mut output_tokens = UInt64Builder::with_capacity(n);
+    let mut revision = UInt32Builder::with_capacity(n);
+    for ((window_start, key, aggregate), rev) in rows.iter().zip(revisions) {
+        name.append_value(&window.name);
+        start.append_value(*window_start);
+        end.append_value(window_start + window.size);
+        for (builder, value) in keys.iter_mut().zip(window.keys.values(*key)) {
+            builder.append_option(value.as_deref());
+        }
+        count.append_value(aggregate.count);
+        errors.append_value(aggregate.errors);
+        let total = aggregate.count.max(1) as f64;
+        error_rate.append_value(aggregate.errors as f64 / total);
+        rate.append_value(aggregate.count as f64 / size_secs);
+        if aggregate.count > 0 {
+            mean.append_value(aggregate.latency_sum / aggregate.count as f64);
+            min.append_value(aggregate.latency_min);
+            max.append_value(aggregate.latency_max);
+        } else {
+            mean.append_null();
+            min.append_null();
+            max.append_null();
+        }
+        for (builder, q) in latency_q.iter_mut().zip(&window.quantiles) {
+            builder.append_option(aggregate.latency_quantile(*q));
+        }
+        ttft_count.append_value(aggregate.ttft_count);
+        for (builder, q) in ttft_q.iter_mut().zip(&window.quantiles) {
+            if aggregate.ttft_count > 0 {
+                builder.append_option(aggregate.ttft_quantile(*q));
+            } else {
+                builder.append_null();
+            }
+        }
+        input_tokens.append_value(aggregate.input_tokens);
+        output_tokens.append_value(aggregate.output_tokens);
+        revision.append_value(*rev);
+    }
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(name.finish()),
+        Arc::new(start.finish()),
+        Arc::new(end.finish()),
+    ];
+    columns.extend(keys.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+    columns.extend([
+        Arc::new(count.finish()) as ArrayRef,
+        Arc::new(errors.finish()),
+        Arc::new(error_rate.finish()),
+        Arc::new(rate.finish()),
+        Arc::new(mean.finish()),
+        Arc::new(min.finish()),
+        Arc::new(max.finish()),
+    ]);
+    columns.extend(
+        latency_q
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as ArrayRef),
+    );
+    columns.push(Arc::new(ttft_count.finish()));
+    columns.extend(ttft_q.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+    columns.extend([
+        Arc::new(input_tokens.finish()) as ArrayRef,
+        Arc::new(output_tokens.finish()),
+        Arc::new(revision.finish()),
+    ]);
+    Ok(RecordBatch::try_new(window.output_schema.clone(), columns)?)
+}

@@ -1,0 +1,370 @@
+//! Window semantics: exact aggregates, quantile accuracy, out-of-order, late and too-late rows,
+//! hopping windows, idle advance, and independence from batching.
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{Float64Type, TimestampMicrosecondType, UInt32Type, UInt64Type};
+use engine::schema::api_call::{api_call_schema, api_calls_to_batch, ApiCall};
+use engine::schema::Outcome;
+
+use super::*;
+
+const SEC: i64 = 1_000_000;
+
+fn window(settings: &str) -> Window {
+    let config: WindowConfig = toml::from_str(settings).unwrap();
+    config.check().unwrap();
+    Window::new("w", &config, &api_call_schema(), ComponentMetrics::new()).unwrap()
+}
+
+fn call(t_secs: f64, model: &str, latency: f64, outcome: Outcome) -> ApiCall {
+    ApiCall {
+        event_time: (t_secs * SEC as f64) as i64,
+        request_id: format!("{model}-{t_secs}"),
+        model: Some(model.to_string()),
+        endpoint: Some("/v1/chat/completions".to_string()),
+        outcome,
+        latency_ms: latency,
+        ..Default::default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    start: i64,
+    model: String,
+    count: u64,
+    errors: u64,
+    revision: u32,
+    p50: f64,
+}
+
+fn rows(batches: &[RecordBatch]) -> Vec<Row> {
+    let mut out = Vec::new();
+    for batch in batches {
+        let start = batch
+            .column_by_name("window_start")
+            .unwrap()
+            .as_primitive::<TimestampMicrosecondType>();
+        let model = batch.column_by_name("model").unwrap().as_string::<i32>();
+        let count = batch
+            .column_by_name("count")
+            .unwrap()
+            .as_primitive::<UInt64Type>();
+        let errors = batch
+            .column_by_name("errors")
+            .unwrap()
+            .as_primitive::<UInt64Type>();
+        let revision = batch
+            .column_by_name("revision")
+            .unwrap()
+            .as_primitive::<UInt32Type>();
+        let p50 = batch
+            .column_by_name("p50_latency_ms")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        for i in 0..batch.num_rows() {
+            out.push(Row {
+                start: start.value(i) / SEC,
+                model: model.value(i).to_string(),
+                count: count.value(i),
+                errors: errors.value(i),
+                revision: revision.value(i),
+                p50: p50.value(i),
+            });
+        }
+    }
+    out
+}
+
+/// Feeds calls one batch each (or all in one) and returns (window batches, late batches).
+fn run(
+    w: &mut Window,
+    batches: Vec<Vec<ApiCall>>,
+    end: bool,
+) -> (Vec<RecordBatch>, Vec<RecordBatch>) {
+    let mut out = Collector::default();
+    let mut windows = Vec::new();
+    let mut late = Vec::new();
+    let mut drain = |out: &mut Collector| {
+        let (batches, _) = out.take();
+        for (port, batch) in batches {
+            if port == 0 {
+                windows.push(batch)
+            } else {
+                late.push(batch)
+            }
+        }
+    };
+    for calls in batches {
+        w.process(0, &api_calls_to_batch(&calls), &mut out).unwrap();
+        drain(&mut out);
+    }
+    if end {
+        w.on_end(&mut out).unwrap();
+        drain(&mut out);
+    }
+    (windows, late)
+}
+
+#[test]
+fn tumbling_windows_count_errors_and_rates_per_key() {
+    let mut w = window("size = \"10s\"\nout_of_orderness = \"0s\"\nkey = [\"model\"]");
+    let calls = vec![
+        call(1.0, "a", 100.0, Outcome::Ok),
+        call(2.0, "a", 200.0, Outcome::ServerError),
+        call(3.0, "b", 50.0, Outcome::ClientError), // 4xx is not an error by default
+        call(9.9, "a", 300.0, Outcome::Timeout),
+        call(10.0, "a", 10.0, Outcome::Ok),
+    ];
+    let (windows, late) = run(&mut w, vec![calls], true);
+    assert!(late.is_empty());
+    let got = rows(&windows);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(
+        (
+            got[0].start,
+            got[0].model.as_str(),
+            got[0].count,
+            got[0].errors
+        ),
+        (0, "a", 3, 2)
+    );
+    assert_eq!(
+        (
+            got[1].start,
+            got[1].model.as_str(),
+            got[1].count,
+            got[1].errors
+        ),
+        (0, "b", 1, 0)
+    );
+    assert_eq!((got[2].start, got[2].count), (10, 1));
+    let batch = &windows[0];
+    let rate = batch
+        .column_by_name("rate_per_sec")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    let error_rate = batch
+        .column_by_name("error_rate")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    let mean = batch
+        .column_by_name("mean_latency_ms")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    let max = batch
+        .column_by_name("max_latency_ms")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    assert!((rate.value(0) - 0.3).abs() < 1e-12);
+    assert!((error_rate.value(0) - 2.0 / 3.0).abs() < 1e-12);
+    assert!((mean.value(0) - 200.0).abs() < 1e-12);
+    assert_eq!(max.value(0), 300.0);
+}
+
+#[test]
+fn a_window_fires_when_the_watermark_passes_its_end() {
+    let mut w = window("size = \"10s\"\nout_of_orderness = \"2s\"\nkey = [\"model\"]");
+    let (windows, _) = run(
+        &mut w,
+        vec![vec![
+            call(1.0, "a", 1.0, Outcome::Ok),
+            call(11.0, "a", 1.0, Outcome::Ok),
+        ]],
+        false,
+    );
+    assert!(windows.is_empty(), "watermark 9 s has not passed 10 s");
+    let (windows, _) = run(&mut w, vec![vec![call(12.0, "a", 1.0, Outcome::Ok)]], false);
+    assert_eq!(
+        rows(&windows)
+            .iter()
+            .map(|r| (r.start, r.count))
+            .collect::<Vec<_>>(),
+        vec![(0, 1)]
+    );
+    assert_eq!(w.watermark(), 10 * SEC);
+}
+
+#[test]
+fn out_of_order_late_and_too_late_rows_land_where_the_rules_say() {
+    let mut w = window(
+        "size = \"10s\"\nout_of_orderness = \"2s\"\nallowed_lateness = \"5s\"\nkey = [\"model\"]",
+    );
+    // Out of order within the bound: 8 s after 9 s, watermark 7 s: counted, no revision.
+    let (windows, late) = run(
+        &mut w,
+        vec![vec![
+            call(9.0, "a", 1.0, Outcome::Ok),
+            call(8.0, "a", 1.0, Outcome::Ok),
+        ]],
+        false,
+    );
+    assert!(windows.is_empty() && late.is_empty());
+    // 13 s moves the watermark to 11 s: window [0, 10) fires with 2 rows.
+    let (windows, _) = run(&mut w, vec![vec![call(13.0, "a", 1.0, Outcome::Ok)]], false);
+    assert_eq!(rows(&windows)[0].count, 2);
+    assert_eq!(rows(&windows)[0].revision, 0);
+    // Late but within lateness (watermark 11 s < 10 s + 5 s): updates and re-emits the window.
+    let (windows, late) = run(&mut w, vec![vec![call(5.0, "a", 1.0, Outcome::Ok)]], false);
+    assert!(late.is_empty());
+    let got = rows(&windows);
+    assert_eq!((got[0].start, got[0].count, got[0].revision), (0, 3, 1));
+    // 17 s: watermark 15 s = 10 s + 5 s: window [0, 10) is final; a row for it is too late.
+    let (_, _) = run(&mut w, vec![vec![call(17.0, "a", 1.0, Outcome::Ok)]], false);
+    let (windows, late) = run(
+        &mut w,
+        vec![vec![
+            call(4.0, "a", 1.0, Outcome::Ok),
+            call(16.0, "a", 1.0, Outcome::Ok),
+        ]],
+        false,
+    );
+    assert!(windows.is_empty());
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0].num_rows(), 1);
+    assert_eq!(w.metrics.snapshot().late, 1);
+    // At the end, [10, 20) holds 13, 17, 16.
+    let (windows, _) = run(&mut w, vec![], true);
+    assert_eq!(
+        rows(&windows)
+            .iter()
+            .map(|r| (r.start, r.count))
+            .collect::<Vec<_>>(),
+        vec![(10, 3)]
+    );
+    assert_eq!(w.open_panes(), 0, "all state is freed at the end");
+}
+
+#[test]
+fn hopping_windows_count_each_row_in_every_window_containing_it() {
+    let mut w = window("kind = \"hopping\"\nsize = \"30s\"\nslide = \"10s\"\nout_of_orderness = \"0s\"\nkey = [\"model\"]");
+    let calls = vec![
+        call(5.0, "a", 10.0, Outcome::Ok),
+        call(15.0, "a", 20.0, Outcome::Ok),
+        call(25.0, "a", 30.0, Outcome::Ok),
+    ];
+    let (windows, _) = run(&mut w, vec![calls], true);
+    let got: Vec<(i64, u64)> = rows(&windows).iter().map(|r| (r.start, r.count)).collect();
+    assert_eq!(got, vec![(-20, 1), (-10, 2), (0, 3), (10, 2), (20, 1)]);
+}
+
+#[test]
+fn quantiles_are_within_the_sketch_accuracy_of_exact_values() {
+    let mut w = window("size = \"1m\"\nkey = [\"model\"]\nrelative_accuracy = 0.01\nquantiles = [0.5, 0.9, 0.95, 0.99]");
+    // A skewed latency distribution: 1..=10000 with a long tail.
+    let mut latencies: Vec<f64> = (1..=10_000)
+        .map(|i| (i as f64).powf(1.3) / 10.0 + 1.0)
+        .collect();
+    let calls: Vec<ApiCall> = latencies
+        .iter()
+        .enumerate()
+        .map(|(i, l)| call(i as f64 * 0.001, "a", *l, Outcome::Ok))
+        .collect();
+    let (windows, _) = run(&mut w, vec![calls], true);
+    latencies.sort_by(f64::total_cmp);
+    let batch = &windows[0];
+    for (q, column) in [
+        (0.5, "p50_latency_ms"),
+        (0.9, "p90_latency_ms"),
+        (0.95, "p95_latency_ms"),
+        (0.99, "p99_latency_ms"),
+    ] {
+        let estimate = batch
+            .column_by_name(column)
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .value(0);
+        let rank = (q * (latencies.len() - 1) as f64).round() as usize;
+        let exact = latencies[rank];
+        let error = (estimate - exact).abs() / exact;
+        assert!(
+            error <= 0.01 + 1e-9,
+            "{column}: estimate {estimate}, exact {exact}, error {error}"
+        );
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_batching() {
+    let settings =
+        "size = \"10s\"\nout_of_orderness = \"3s\"\nallowed_lateness = \"4s\"\nkey = [\"model\"]";
+    let mut calls = Vec::new();
+    let mut t = 0.0f64;
+    for i in 0..500 {
+        t += 0.37;
+        let jitter = ((i * 7919) % 13) as f64 * 0.9; // up to 10.8 s out of order
+        calls.push(call(
+            t - jitter,
+            if i % 3 == 0 { "a" } else { "b" },
+            (i % 50) as f64 + 1.0,
+            Outcome::Ok,
+        ));
+    }
+    let final_rows = |batch_size: usize| {
+        let mut w = window(settings);
+        let batches: Vec<Vec<ApiCall>> = calls.chunks(batch_size).map(|c| c.to_vec()).collect();
+        let (windows, late) = run(&mut w, batches, true);
+        let mut latest: BTreeMap<(i64, String), Row> = BTreeMap::new();
+        for row in rows(&windows) {
+            latest.insert((row.start, row.model.clone()), row);
+        }
+        let late_rows: usize = late.iter().map(|b| b.num_rows()).sum();
+        (
+            latest
+                .into_values()
+                .map(|r| (r.start, r.model, r.count, r.p50))
+                .collect::<Vec<_>>(),
+            late_rows,
+        )
+    };
+    let one_by_one = final_rows(1);
+    assert_eq!(final_rows(7), one_by_one);
+    assert_eq!(final_rows(500), one_by_one);
+    let counted: u64 = one_by_one.0.iter().map(|r| r.2).sum();
+    assert_eq!(
+        counted as usize + one_by_one.1,
+        500,
+        "every row is counted or sent to late"
+    );
+    assert!(one_by_one.1 > 0, "the test data has too-late rows");
+}
+
+#[test]
+fn an_idle_stream_advances_with_the_wall_clock() {
+    let mut w = window(
+        "size = \"10s\"\nout_of_orderness = \"1s\"\nidle_timeout = \"2s\"\nkey = [\"model\"]",
+    );
+    let (windows, _) = run(&mut w, vec![vec![call(1.0, "a", 1.0, Outcome::Ok)]], false);
+    assert!(windows.is_empty());
+    let arrived = w.last_arrival_wall.unwrap();
+    let mut out = Collector::default();
+    w.on_tick(arrived + SEC, &mut out).unwrap();
+    assert!(out.take().0.is_empty(), "1 s idle is under the timeout");
+    w.on_tick(arrived + 10 * SEC, &mut out).unwrap();
+    let (batches, watermark) = out.take();
+    assert_eq!(
+        rows(&batches.into_iter().map(|(_, b)| b).collect::<Vec<_>>())[0].count,
+        1
+    );
+    assert_eq!(watermark, Some(Watermark(10 * SEC)));
+}
+
+#[test]
+fn type_mismatches_name_the_problem() {
+    let config: WindowConfig = toml::from_str("size = \"10s\"").unwrap();
+    let schema = window("size = \"10s\"").output_schema();
+    let error = Window::new("w2", &config, &schema, ComponentMetrics::new())
+        .err()
+        .unwrap();
+    assert_eq!(error.0, None);
+    assert!(error.1.contains("no field `event_time`"), "{}", error.1);
+    let config: WindowConfig = toml::from_str("size = \"10s\"\nkey = [\"status_code\"]").unwrap();
+    let error = Window::new("w", &config, &api_call_schema(), ComponentMetrics::new())
+        .err()
+        .unwrap();
+    assert_eq!(error.0, Some("key"));
+    assert!(error.1.contains("must be text"), "{}", error.1);
+    let config: WindowConfig =
+        toml::from_str("kind = \"hopping\"\nsize = \"1m\"\nslide = \"7s\"").unwrap();
+    assert_eq!(config.check().unwrap_err().0, "slide");
+}
