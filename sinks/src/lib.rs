@@ -1,1 +1,16 @@
-//! placeholder
+//! Sinks: `console` (a readable table or JSON lines), `parquet` (partitioned files on a local
+//! directory or S3-compatible object storage), and `null` (discards, for benchmarks). Each
+//! module registers itself in [`register`].
+
+pub mod console;
+pub mod null;
+pub mod parquet;
+
+use engine::registry::Registry;
+
+/// Registers every sink type.
+pub fn register(registry: &mut Registry) {
+    registry.add_sink("console", console::build);
+    registry.add_sink("parquet", parquet::build);
+    registry.add_sink("null", null::build);
+}
