@@ -1,0 +1,174 @@
+//! `pipeline demo`: the whole system in one process with no services — a simulated model API,
+//! real HTTP traffic against it, 10 s and 1 min windows with percentiles, a live console view,
+//! and Parquet history under `--data` for `pipeline query` afterwards.
+
+pub mod incidents;
+pub mod model_api;
+pub mod traffic;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use engine::config::SourceText;
+use engine::runtime::build;
+use sources::generator::LatencyDistribution;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use incidents::DemoIncident;
+use model_api::ModelApiConfig;
+use traffic::{TrafficConfig, TrafficStats};
+
+/// The demo's pipeline definition.
+pub const DEMO_PIPELINE: &str = include_str!("../../demo.toml");
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoOptions {
+    /// Stop after this long (e.g. 90s, 5m); runs until Ctrl-C when omitted.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Where the Parquet history goes.
+    #[arg(long, default_value = "./data")]
+    pub data: String,
+    /// Port of the simulated model API (on 127.0.0.1).
+    #[arg(long, default_value_t = 8002)]
+    pub api_port: u16,
+    /// Calls per second sent to the simulated model API.
+    #[arg(long, default_value_t = 50.0)]
+    pub rate: f64,
+    /// Median latency of the simulated model API, in milliseconds (log-normal).
+    #[arg(long, default_value_t = 80.0)]
+    pub latency_ms: f64,
+    /// Fraction of calls the simulated model API fails outside incidents.
+    #[arg(long, default_value_t = 0.01)]
+    pub error_rate: f64,
+    /// An incident, KIND@START+DURATION[:MODEL], e.g. latency_spike@40s+30s:gpt-4o. Repeatable;
+    /// replaces the default schedule.
+    #[arg(long = "incident")]
+    pub incidents: Vec<DemoIncident>,
+    /// Inject no incidents.
+    #[arg(long, conflicts_with = "incidents")]
+    pub no_incidents: bool,
+}
+
+pub async fn run(options: DemoOptions) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        options.rate > 0.0 && options.rate.is_finite(),
+        "--rate must be a positive number"
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&options.error_rate),
+        "--error-rate must be between 0 and 1"
+    );
+    anyhow::ensure!(options.latency_ms > 0.0, "--latency-ms must be positive");
+    let incidents = if options.no_incidents {
+        Vec::new()
+    } else if options.incidents.is_empty() {
+        DemoIncident::defaults()
+    } else {
+        options.incidents.clone()
+    };
+    let address = SocketAddr::from(([127, 0, 0, 1], options.api_port));
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address} for the simulated model API (is the port in use? pass --api-port)"))?;
+    let started = Instant::now();
+
+    let (events_tx, events_rx) = mpsc::channel(65_536);
+    let mut registry = crate::components::registry();
+    sources::channel::register(&mut registry, "demo_traffic", events_rx);
+    let data = options.data.clone();
+    let source = SourceText::new("demo.toml", DEMO_PIPELINE, |name| match name {
+        "DEMO_DATA" => Some(data.clone()),
+        _ => std::env::var(name).ok(),
+    })
+    .map_err(|e| anyhow::anyhow!("the demo pipeline is invalid: {e}"))?;
+    let file = source
+        .parse()
+        .map_err(|e| anyhow::anyhow!("the demo pipeline is invalid: {e}"))?;
+    let pipeline = build(&file.pipelines[0], &registry)
+        .map_err(|e| anyhow::anyhow!("the demo pipeline is invalid: {e}"))?;
+
+    let shutdown = crate::shutdown::on_signal();
+    if let Some(duration) = options.duration {
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            tracing::info!(?duration, "demo duration reached");
+            stop.cancel();
+        });
+    }
+    let api_stop = CancellationToken::new();
+    let api_config = Arc::new(ModelApiConfig {
+        latency: LatencyDistribution::LogNormal {
+            median_ms: options.latency_ms,
+            sigma: 0.5,
+        },
+        error_rate: options.error_rate,
+        incidents: incidents.clone(),
+        started,
+    });
+    let api = tokio::spawn(model_api::serve(listener, api_config, api_stop.clone()));
+    tracing::info!(%address, "simulated model API listening: POST /v1/chat/completions, POST /v2/models/{{name}}/infer");
+    for incident in &incidents {
+        tracing::info!(
+            kind = ?incident.kind,
+            model = incident.model.as_deref().unwrap_or("all"),
+            "incident scheduled at {} for {}",
+            humantime::format_duration(incident.start),
+            humantime::format_duration(incident.duration)
+        );
+    }
+    let stats = Arc::new(TrafficStats::default());
+    let traffic = tokio::spawn(traffic::drive(
+        TrafficConfig {
+            rate: options.rate,
+            base_url: format!("http://{address}"),
+            incidents,
+            started,
+        },
+        events_tx,
+        stats.clone(),
+        shutdown.clone(),
+    ));
+    tracing::info!(rate = options.rate, data = %options.data, "demo running; 10-second windows print below (Ctrl-C to stop)");
+
+    // Shutdown order: the signal stops the traffic; calls in flight finish and hand over their
+    // events; the traffic task then drops the last sender, which ends the channel source, and
+    // the pipeline drains and flushes every window and sink.
+    let pipeline_stop = CancellationToken::new();
+    let run = tokio::spawn(pipeline.run(pipeline_stop.clone()));
+    let _ = traffic.await;
+    let result = match tokio::time::timeout(Duration::from_secs(30), run).await {
+        Ok(joined) => joined.context("the pipeline task panicked")?,
+        Err(_) => {
+            pipeline_stop.cancel();
+            anyhow::bail!("the pipeline did not drain within 30 s after the traffic stopped");
+        }
+    };
+    api_stop.cancel();
+    let _ = api.await;
+    let sent = stats.sent.load(Ordering::Relaxed);
+    let dropped = stats.dropped_events.load(Ordering::Relaxed);
+    match result {
+        Ok(report) => {
+            crate::commands::print_report("demo", &report);
+            eprintln!("traffic: {sent} calls sent, {dropped} events dropped by a full queue");
+            eprintln!("history is in {}; try:", options.data);
+            eprintln!(
+                "  cargo run --release -p pipeline -- query --data {} \"SELECT model, endpoint, count(*) AS calls, avg(latency_ms) AS mean_ms FROM api_calls GROUP BY model, endpoint ORDER BY calls DESC\"",
+                options.data
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Library side of the `pipeline` binary, so integration tests and benches can drive it.
+
+pub mod commands;
+pub mod components;
+pub mod demo;
+pub mod logging;
+pub mod query;
+pub mod shutdown;

@@ -1,0 +1,142 @@
+//! SQL over the Parquet history with DataFusion: tables `api_calls`, `window_metrics` (and
+//! `alerts` when present), with the `date` and `hour` partition columns, so time filters on
+//! them skip whole directories. Read-only: DDL, DML and COPY are refused.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use arrow::datatypes::DataType;
+use arrow::record_batch::RecordBatch;
+use arrow::util::pretty::pretty_format_batches;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::ListingOptions;
+use datafusion::execution::context::SQLOptions;
+use datafusion::prelude::SessionContext;
+use futures::TryStreamExt;
+
+/// Tables looked for under the history root.
+pub const TABLES: [&str; 3] = ["api_calls", "window_metrics", "alerts"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+/// A session with every history table that has at least one file registered.
+pub async fn session(data: &str) -> anyhow::Result<(SessionContext, Vec<String>)> {
+    let context = SessionContext::new();
+    let (store, prefix, base_url) = if data.starts_with("s3://") {
+        let (store, prefix) = sinks::parquet::open_store(data).map_err(anyhow::Error::msg)?;
+        let url = url_of(data)?;
+        context.register_object_store(&url, store.clone());
+        (store, prefix, data.trim_end_matches('/').to_string())
+    } else {
+        let local = data.strip_prefix("file://").unwrap_or(data);
+        let absolute = std::path::absolute(local).with_context(|| format!("bad path {local}"))?;
+        let (store, prefix) = sinks::parquet::open_store(&absolute.display().to_string())
+            .map_err(anyhow::Error::msg)?;
+        (store, prefix, format!("file://{}", absolute.display()))
+    };
+    let mut registered = Vec::new();
+    for table in TABLES {
+        let table_prefix = prefix.clone().join(table);
+        let has_files = store
+            .list(Some(&table_prefix))
+            .try_any(|meta| std::future::ready(meta.location.as_ref().ends_with(".parquet")))
+            .await
+            .unwrap_or(false);
+        if !has_files {
+            continue;
+        }
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+            .with_file_extension(".parquet")
+            .with_table_partition_cols(vec![
+                ("date".to_string(), DataType::Utf8),
+                ("hour".to_string(), DataType::Utf8),
+            ]);
+        context
+            .register_listing_table(table, format!("{base_url}/{table}/"), options, None, None)
+            .await
+            .with_context(|| format!("cannot open table {table}"))?;
+        registered.push(table.to_string());
+    }
+    Ok((context, registered))
+}
+
+fn url_of(data: &str) -> anyhow::Result<url::Url> {
+    let parsed = url::Url::parse(data).with_context(|| format!("invalid URL {data}"))?;
+    let base = format!(
+        "{}://{}",
+        parsed.scheme(),
+        parsed.host_str().unwrap_or_default()
+    );
+    url::Url::parse(&base).with_context(|| format!("invalid URL {data}"))
+}
+
+/// Runs one read-only query.
+pub async fn query(
+    context: &SessionContext,
+    sql: &str,
+) -> datafusion::error::Result<Vec<RecordBatch>> {
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    context
+        .sql_with_options(sql, options)
+        .await?
+        .collect()
+        .await
+}
+
+pub fn render(batches: &[RecordBatch], format: OutputFormat) -> anyhow::Result<String> {
+    match format {
+        OutputFormat::Table => Ok(pretty_format_batches(batches)?.to_string()),
+        OutputFormat::Csv => {
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(Vec::new());
+            for batch in batches {
+                writer.write(batch)?;
+            }
+            Ok(String::from_utf8(writer.into_inner())?)
+        }
+        OutputFormat::Json => {
+            let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+            let refs: Vec<&RecordBatch> = batches.iter().collect();
+            writer.write_batches(&refs)?;
+            writer.finish()?;
+            let mut text = String::from_utf8(writer.into_inner())?;
+            if text.is_empty() {
+                text.push_str("[]");
+            }
+            Ok(text)
+        }
+    }
+}
+
+pub async fn run_cli(sql: &str, data: &str, format: OutputFormat) -> anyhow::Result<ExitCode> {
+    let (context, tables) = session(data).await?;
+    if tables.is_empty() {
+        tracing::warn!(
+            data,
+            "no history found: tables appear once a pipeline has written Parquet files there"
+        );
+    }
+    match query(&context, sql).await {
+        Ok(batches) => {
+            println!("{}", render(&batches, format)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            if !tables.is_empty() {
+                eprintln!("tables available: {}", tables.join(", "));
+            }
+            Ok(ExitCode::from(1))
+        }
+    }
+}
