@@ -115,10 +115,13 @@ pub struct ComponentReport {
     pub metrics: MetricsSnapshot,
 }
 
+/// A registered component: its kind, its type name, and its counters.
+type Registered = (ComponentKind, String, Arc<ComponentMetrics>);
+
 /// All components' metrics of a running pipeline, in config order.
 #[derive(Debug, Default)]
 pub struct MetricsRegistry {
-    components: Mutex<IndexMap<String, (ComponentKind, String, Arc<ComponentMetrics>)>>,
+    components: Mutex<IndexMap<String, Registered>>,
 }
 
 impl MetricsRegistry {

@@ -34,7 +34,7 @@ pub fn compile(condition: &str, schema: &SchemaRef) -> Result<Filter, String> {
     let context = SessionContext::new();
     let expr = context
         .parse_sql_expr(condition, &df_schema)
-        .map_err(|e| format!("cannot parse the condition: {e}"))?;
+        .map_err(|e| format!("invalid condition: {e}"))?;
     let predicate = context
         .create_physical_expr(expr, &df_schema)
         .map_err(|e| format!("invalid condition: {e}"))?;
@@ -152,6 +152,9 @@ mod tests {
         let error = compile("latency_ms + 1", &schema).err().unwrap();
         assert!(error.contains("must be true or false"), "{error}");
         let error = compile("latency_ms >", &schema).err().unwrap();
-        assert!(error.contains("cannot parse"), "{error}");
+        assert!(
+            error.contains("invalid condition") && error.contains("SQL error"),
+            "{error}"
+        );
     }
 }

@@ -1,6 +1,7 @@
-//! SQL over the Parquet history with DataFusion: tables `api_calls`, `window_metrics` (and
-//! `alerts` when present), with the `date` and `hour` partition columns, so time filters on
-//! them skip whole directories. Read-only: DDL, DML and COPY are refused.
+//! SQL over the Parquet history with DataFusion: every table directory under the history root
+//! (`api_calls`, `window_metrics`, and any `table = ...` a parquet sink writes), with the
+//! `date` and `hour` partition columns, so time filters on them skip whole directories.
+//! Read-only: DDL, DML and COPY are refused.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -14,9 +15,6 @@ use datafusion::datasource::listing::ListingOptions;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
-
-/// Tables looked for under the history root.
-pub const TABLES: [&str; 3] = ["api_calls", "window_metrics", "alerts"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -41,7 +39,21 @@ pub async fn session(data: &str) -> anyhow::Result<(SessionContext, Vec<String>)
         (store, prefix, format!("file://{}", absolute.display()))
     };
     let mut registered = Vec::new();
-    for table in TABLES {
+    let listing = store
+        .list_with_delimiter(Some(&prefix))
+        .await
+        .with_context(|| format!("cannot list {data}"))?;
+    let mut tables: Vec<String> = listing
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename().map(str::to_string))
+        .filter(|name| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+        .collect();
+    tables.sort();
+    for table in tables {
+        let table = table.as_str();
         let table_prefix = prefix.clone().join(table);
         let has_files = store
             .list(Some(&table_prefix))

@@ -58,7 +58,7 @@ inputs = ["per_minute", "per_minute.late"]
     assert_eq!(sink.inputs[1].component, "per_minute");
     assert_eq!(sink.inputs[1].port.as_deref(), Some("late"));
     let demo: Demo = pipeline.components[1].settings().unwrap();
-    assert_eq!(demo.size, "1m");
+    assert_eq!((demo.size.as_str(), demo.count), ("1m", 0));
 }
 
 #[test]

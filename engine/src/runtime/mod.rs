@@ -43,6 +43,9 @@ struct Node {
     metrics: Arc<ComponentMetrics>,
 }
 
+/// A built component, its output ports, and (upstream node, port) per input.
+type Built = (BuiltComponent, Vec<OutputPort>, Vec<(usize, usize)>);
+
 /// A pipeline that has been validated and built, ready to run.
 pub struct BuiltPipeline {
     pub name: String,
@@ -79,12 +82,20 @@ pub fn build(spec: &PipelineSpec<'_>, registry: &Registry) -> Result<BuiltPipeli
     let metrics = MetricsRegistry::new();
     let mut errors: Vec<ConfigError> = Vec::new();
     let count = spec.components.len();
-    let mut built: Vec<Option<(BuiltComponent, Vec<OutputPort>, Vec<(usize, usize)>)>> =
-        (0..count).map(|_| None).collect();
+    let mut built: Vec<Option<Built>> = (0..count).map(|_| None).collect();
     let mut failed = vec![false; count];
     for &index in &graph.order {
         let component = &spec.components[index];
         if graph.upstream[index].iter().any(|&up| failed[up]) {
+            // Its inputs' schemas are unknown, but an unknown type can still be reported.
+            let known = match component.kind {
+                ComponentKind::Source => registry.source(component).map(|_| ()),
+                ComponentKind::Operator => registry.operator(component).map(|_| ()),
+                ComponentKind::Sink => registry.sink(component).map(|_| ()),
+            };
+            if let Err(error) = known {
+                errors.push(error);
+            }
             failed[index] = true;
             continue;
         }

@@ -59,10 +59,7 @@ pub(crate) async fn run_operator(
                 operator.on_tick(now_micros(), &mut collector)?;
             }
         }
-        if let Err(error) = drain(&mut collector, &mut output).await {
-            // Nobody downstream is listening any more (it failed); stop quietly.
-            return Err(error);
-        }
+        drain(&mut collector, &mut output).await?;
     }
 }
 

@@ -42,7 +42,10 @@ impl Source for TestSource {
         ctx.output
             .send_control(Message::Watermark(Watermark(1_000)))
             .await?;
-        while self.linger {
+        if !self.linger {
+            return Ok(());
+        }
+        loop {
             tokio::select! {
                 _ = ctx.shutdown.cancelled() => break,
                 Some(barrier) = ctx.barriers.recv() => {
@@ -128,9 +131,12 @@ impl Sink for CollectSink {
     }
 }
 
+/// What each collecting sink saw, by sink id.
+type SeenBySink = Arc<Mutex<Vec<(String, Arc<Mutex<Seen>>)>>>;
+
 struct Harness {
     registry: Registry,
-    sinks: Arc<Mutex<Vec<(String, Arc<Mutex<Seen>>)>>>,
+    sinks: SeenBySink,
     barriers: Arc<Mutex<Vec<u64>>>,
 }
 
@@ -152,7 +158,7 @@ struct SinkSettings {
 
 fn harness() -> Harness {
     let mut registry = Registry::new();
-    let sinks: Arc<Mutex<Vec<(String, Arc<Mutex<Seen>>)>>> = Arc::default();
+    let sinks: SeenBySink = Arc::default();
     let barriers: Arc<Mutex<Vec<u64>>> = Arc::default();
     registry.add_source("test", |ctx| {
         let s: SourceSettings = ctx.spec.settings()?;

@@ -83,7 +83,7 @@ pub struct Window {
     key_ids: Vec<KeyId>,
 }
 
-fn typed_column<'a, T: 'static>(batch: &'a RecordBatch, index: usize) -> ComponentResult<&'a T> {
+fn typed_column<T: 'static>(batch: &RecordBatch, index: usize) -> ComponentResult<&T> {
     batch
         .column(index)
         .as_any()

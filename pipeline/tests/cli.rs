@@ -1,0 +1,241 @@
+//! The `pipeline` binary as a user runs it: validate (exit codes and located errors for every
+//! kind of mistake), graph, query, and a short demo followed by a query of its history.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn pipeline(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the pipeline binary runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).to_string()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn the_repository_pipelines_toml_is_valid() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines.toml");
+    let output = pipeline(&["validate", file.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains(": ok (1 pipeline: main)"));
+}
+
+#[test]
+fn every_component_error_is_reported_with_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "bad.toml",
+        r#"[sources.calls]
+type = "generator"
+rate = 10.0
+
+[operators.per_minute]
+type = "window"
+inputs = ["calls"]
+size = "1m"
+sise = "2m"
+
+[operators.again]
+type = "window"
+inputs = ["summary"]
+size = "1m"
+
+[operators.summary]
+type = "window"
+inputs = ["calls"]
+size = "1m"
+
+[sinks.out]
+type = "consol"
+inputs = ["per_minute"]
+"#,
+    );
+    let output = pipeline(&["validate", &file]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = stderr(&output);
+    // Unknown key, located at the key.
+    assert!(
+        text.contains(&format!(
+            "{file}:9:1: operators.per_minute: unknown field `sise`"
+        )),
+        "{text}"
+    );
+    // Type mismatch: a window fed window results, which have no event_time / latency_ms.
+    assert!(
+        text.contains(&format!(
+            "{file}:13:11: operators.again: the input cannot be windowed: no field `event_time`"
+        )),
+        "{text}"
+    );
+    // Unknown type, with the known ones listed.
+    assert!(text.contains(&format!("{file}:22:8: sinks.out: unknown sink type `consol`; expected one of: console, null, parquet")), "{text}");
+    assert!(text.contains("3 errors found"), "{text}");
+}
+
+#[test]
+fn unknown_inputs_cycles_and_unset_variables_are_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let unknown = write(
+        dir.path(),
+        "unknown.toml",
+        "[sources.calls]\ntype = \"generator\"\n\n[sinks.out]\ntype = \"console\"\ninputs = [\"calls\", \"cals\"]\n",
+    );
+    let text = stderr(&pipeline(&["validate", &unknown]));
+    assert!(
+        text.contains(&format!(
+            "{unknown}:6:20: sinks.out: unknown input `cals`; expected one of: calls"
+        )),
+        "{text}"
+    );
+
+    let cycle = write(
+        dir.path(),
+        "cycle.toml",
+        "[sources.calls]\ntype = \"generator\"\n[operators.a]\ntype = \"filter\"\ninputs = [\"b\"]\ncondition = \"true\"\n[operators.b]\ntype = \"filter\"\ninputs = [\"a\"]\ncondition = \"true\"\n",
+    );
+    let output = pipeline(&["validate", &cycle]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("cycle in the pipeline: "),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains(&format!("{cycle}:5:11: operators.a:"))
+            || stderr(&output).contains(&format!("{cycle}:9:11: operators.b:")),
+        "{}",
+        stderr(&output)
+    );
+
+    let variable = write(
+        dir.path(),
+        "variable.toml",
+        "[sources.calls]\ntype = \"file\"\npath = \"${SURELY_UNSET_PIPELINE_VAR}\"\n",
+    );
+    let text = stderr(&pipeline(&["validate", &variable]));
+    assert!(
+        text.contains(&format!(
+            "{variable}:3:9: environment variable `SURELY_UNSET_PIPELINE_VAR` is not set"
+        )),
+        "{text}"
+    );
+
+    let filter = write(
+        dir.path(),
+        "filter.toml",
+        "[sources.calls]\ntype = \"generator\"\n[operators.slow]\ntype = \"filter\"\ninputs = [\"calls\"]\ncondition = \"latency > 100\"\n",
+    );
+    let text = stderr(&pipeline(&["validate", &filter]));
+    assert!(
+        text.contains(&format!(
+            "{filter}:6:13: operators.slow: invalid condition:"
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn graph_prints_mermaid_and_dot() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines.toml");
+    let mermaid = pipeline(&["graph", file.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&mermaid.stdout);
+    assert!(text.starts_with("flowchart LR"), "{text}");
+    assert!(text.contains("per_10s -- late --> late_events"), "{text}");
+    let dot = pipeline(&["graph", "--format", "dot", file.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&dot.stdout).contains("\"calls\" -> \"per_10s\";"));
+}
+
+#[test]
+fn a_bad_query_prints_datafusions_message_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = pipeline(&[
+        "query",
+        "--data",
+        dir.path().to_str().unwrap(),
+        "SELECT * FROM nowhere",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("table 'datafusion.public.nowhere' not found"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn the_demo_runs_and_its_history_answers_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let output = pipeline(&[
+        "demo",
+        "--duration",
+        "12s",
+        "--api-port",
+        &port,
+        "--rate",
+        "40",
+        "--no-incidents",
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let live = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        live.contains("p95_latency_ms") && live.contains("gpt-4o"),
+        "live view: {live}"
+    );
+    assert!(
+        stderr(&output).contains("0 events dropped"),
+        "{}",
+        stderr(&output)
+    );
+
+    let query = pipeline(&[
+        "query", "--data", data.to_str().unwrap(), "--format", "csv",
+        "SELECT count(*) AS calls, count(DISTINCT model) AS models, sum(CASE WHEN ttft_ms IS NOT NULL THEN 1 ELSE 0 END) > 0 AS streamed FROM api_calls",
+    ]);
+    assert!(query.status.success(), "{}", stderr(&query));
+    let csv = String::from_utf8_lossy(&query.stdout);
+    let row: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
+    let calls: u64 = row[0].parse().unwrap();
+    assert!(calls > 300, "40 calls/s for 12 s gave {calls} events");
+    assert_eq!(row[1], "3");
+    assert_eq!(row[2], "true");
+    let windows = pipeline(&[
+        "query",
+        "--data",
+        data.to_str().unwrap(),
+        "--format",
+        "csv",
+        "SELECT sum(count) FROM window_metrics WHERE window = 'per_10s'",
+    ]);
+    let total: u64 = String::from_utf8_lossy(&windows.stdout)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        total, calls,
+        "every call is counted in exactly one 10 s window"
+    );
+}
