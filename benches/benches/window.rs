@@ -18,7 +18,13 @@ const BATCH_SIZE: usize = 4096;
 fn window(settings: &str) -> Window {
     let config: WindowConfig = toml::from_str(settings).expect("valid window settings");
     config.check().expect("valid window settings");
-    Window::new("bench", &config, &api_call_schema(), ComponentMetrics::new()).expect("api_call input")
+    Window::new(
+        "bench",
+        &config,
+        &api_call_schema(),
+        ComponentMetrics::new(),
+    )
+    .expect("api_call input")
 }
 
 fn run_window(settings: &str, batches: &[RecordBatch]) -> usize {
@@ -45,7 +51,10 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             let mut sketch = DDSketch::new(Config::new(0.01, 2048, 1e-9));
             for batch in &batches {
-                let latency = batch.column_by_name("latency_ms").expect("latency").as_primitive::<Float64Type>();
+                let latency = batch
+                    .column_by_name("latency_ms")
+                    .expect("latency")
+                    .as_primitive::<Float64Type>();
                 for value in latency.values() {
                     sketch.add(*value);
                 }
@@ -60,7 +69,12 @@ fn benches(c: &mut Criterion) {
         b.iter(|| black_box(run_window("size = \"1m\"", &batches)))
     });
     group.bench_function("hopping_1m_slide_10s", |b| {
-        b.iter(|| black_box(run_window("kind = \"hopping\"\nsize = \"1m\"\nslide = \"10s\"", &batches)))
+        b.iter(|| {
+            black_box(run_window(
+                "kind = \"hopping\"\nsize = \"1m\"\nslide = \"10s\"",
+                &batches,
+            ))
+        })
     });
     group.finish();
 
@@ -68,13 +82,17 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("window_1000_keys");
     group.throughput(Throughput::Elements(events));
     group.sample_size(10);
-    group.bench_function("tumbling_10s", |b| b.iter(|| black_box(run_window("size = \"10s\"", &many_keys))));
+    group.bench_function("tumbling_10s", |b| {
+        b.iter(|| black_box(run_window("size = \"10s\"", &many_keys)))
+    });
     group.finish();
 
     let mut group = c.benchmark_group("filter");
     group.throughput(Throughput::Elements(events));
     group.sample_size(10);
-    let filter = operators::filter::compile("status_code >= 500 OR latency_ms > 400", &api_call_schema()).expect("valid condition");
+    let filter =
+        operators::filter::compile("status_code >= 500 OR latency_ms > 400", &api_call_schema())
+            .expect("valid condition");
     group.bench_function("status_or_latency", |b| {
         b.iter(|| {
             let mut kept = 0;

@@ -64,17 +64,21 @@ inputs = ["per_10s", "per_minute"]
 }
 
 async fn measure(text: &str) -> anyhow::Result<(f64, u64)> {
-    let source = SourceText::new("bench.toml", text, |_| None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let source =
+        SourceText::new("bench.toml", text, |_| None).map_err(|e| anyhow::anyhow!("{e}"))?;
     let file = source.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut registry = engine::registry::Registry::new();
     sources::register(&mut registry);
     operators::register(&mut registry);
     sinks::register(&mut registry);
-    let pipeline = engine::runtime::build(&file.pipelines[0], &registry).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pipeline = engine::runtime::build(&file.pipelines[0], &registry)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let started = Instant::now();
     let report = pipeline.run(CancellationToken::new()).await?;
     let seconds = started.elapsed().as_secs_f64();
-    let events = report.component("calls").map_or(0, |c| c.metrics.events_out);
+    let events = report
+        .component("calls")
+        .map_or(0, |c| c.metrics.events_out);
     Ok((seconds, events))
 }
 
