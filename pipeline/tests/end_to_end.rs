@@ -8,7 +8,7 @@ use std::path::Path;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int64Type, UInt32Type, UInt64Type};
-use engine::config::SourceText;
+use engine::runtime::build_from_text;
 use engine::schema::api_call::ApiCall;
 use engine::schema::Outcome;
 use tokio_util::sync::CancellationToken;
@@ -17,14 +17,12 @@ const T0: i64 = 1_777_629_600_000_000; // 2026-05-01T10:00:00Z
 
 async fn run_config(text: &str, data: &Path) -> engine::runtime::RunReport {
     let data_dir = data.display().to_string();
-    let source = SourceText::new("test.toml", text, |name| {
-        (name == "DATA").then(|| data_dir.clone())
-    })
-    .unwrap();
-    let file = source.parse().unwrap();
-    let pipeline =
-        engine::runtime::build(&file.pipelines[0], &pipeline::components::registry()).unwrap();
-    pipeline.run(CancellationToken::new()).await.unwrap()
+    let lookup = |name: &str| (name == "DATA").then(|| data_dir.clone());
+    build_from_text("test.toml", text, lookup, &pipeline::components::registry())
+        .unwrap()
+        .run(CancellationToken::new())
+        .await
+        .unwrap()
 }
 
 async fn sql(data: &Path, query: &str) -> Vec<RecordBatch> {

@@ -5,16 +5,19 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use engine::config::SourceText;
-use engine::runtime::{RunReport, RuntimeError};
+use engine::runtime::{build_from_text, RunReport, RuntimeError};
 use tokio_util::sync::CancellationToken;
 
 async fn run(text: &str) -> Result<RunReport, RuntimeError> {
-    let source = SourceText::new("replay.toml", text, |_| None).unwrap();
-    let file = source.parse().unwrap();
-    let pipeline =
-        engine::runtime::build(&file.pipelines[0], &pipeline::components::registry()).unwrap();
-    pipeline.run(CancellationToken::new()).await
+    build_from_text(
+        "replay.toml",
+        text,
+        |_| None,
+        &pipeline::components::registry(),
+    )
+    .unwrap()
+    .run(CancellationToken::new())
+    .await
 }
 
 fn line(second: u32, id: &str) -> String {

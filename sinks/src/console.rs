@@ -43,12 +43,7 @@ pub fn build(ctx: &BuildContext<'_, '_>) -> Result<Box<dyn Sink>, ConfigError> {
                         "fields",
                         format!(
                             "field `{field}` is not in the input; it has: {}",
-                            schema
-                                .fields()
-                                .iter()
-                                .map(|f| f.name().as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
+                            engine::schema::field_names(&schema)
                         ),
                     )
                 })?);

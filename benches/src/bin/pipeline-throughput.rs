@@ -7,7 +7,6 @@
 use std::time::Instant;
 
 use clap::Parser;
-use engine::config::SourceText;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -64,14 +63,11 @@ inputs = ["per_10s", "per_minute"]
 }
 
 async fn measure(text: &str) -> anyhow::Result<(f64, u64)> {
-    let source =
-        SourceText::new("bench.toml", text, |_| None).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let file = source.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut registry = engine::registry::Registry::new();
     sources::register(&mut registry);
     operators::register(&mut registry);
     sinks::register(&mut registry);
-    let pipeline = engine::runtime::build(&file.pipelines[0], &registry)
+    let pipeline = engine::runtime::build_from_text("bench.toml", text, |_| None, &registry)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let started = Instant::now();
     let report = pipeline.run(CancellationToken::new()).await?;

@@ -209,6 +209,27 @@ pub fn build(spec: &PipelineSpec<'_>, registry: &Registry) -> Result<BuiltPipeli
     })
 }
 
+/// Builds the only pipeline of a config text (for tests, benches and embedding).
+pub fn build_from_text(
+    name: &str,
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+    registry: &Registry,
+) -> Result<BuiltPipeline, ConfigErrors> {
+    let source = crate::config::SourceText::new(name, text, lookup)?;
+    let file = source.parse()?;
+    let pipeline = file.pipeline(None).map_err(|message| {
+        ConfigErrors(vec![ConfigError {
+            file: name.to_string(),
+            line: 1,
+            column: 1,
+            component: None,
+            message,
+        }])
+    })?;
+    build(pipeline, registry)
+}
+
 impl BuiltPipeline {
     /// Live metrics of every component, also while running.
     pub fn metrics(&self) -> Arc<MetricsRegistry> {

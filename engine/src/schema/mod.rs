@@ -8,6 +8,16 @@ pub use api_call::{api_call_schema, ApiCall, ApiCallBatchBuilder, Outcome};
 
 use arrow::datatypes::{DataType, Schema};
 
+/// The schema's field names, comma-separated, for error messages.
+pub fn field_names(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Checks that `schema` has a field `name` of type `expected`; the error says what was found.
 pub fn require_field(schema: &Schema, name: &str, expected: &DataType) -> Result<(), String> {
     match schema.field_with_name(name) {
@@ -18,12 +28,7 @@ pub fn require_field(schema: &Schema, name: &str, expected: &DataType) -> Result
         )),
         Err(_) => Err(format!(
             "no field `{name}` ({expected}) in the input; it has: {}",
-            schema
-                .fields()
-                .iter()
-                .map(|f| f.name().as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            field_names(schema)
         )),
     }
 }

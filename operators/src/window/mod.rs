@@ -154,12 +154,7 @@ impl Window {
                     Some("key"),
                     format!(
                         "key field `{key}` is not in the input; it has: {}",
-                        input
-                            .fields()
-                            .iter()
-                            .map(|f| f.name().as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        engine::schema::field_names(input)
                     ),
                 )
             })?;

@@ -13,8 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use engine::config::SourceText;
-use engine::runtime::build;
+use engine::runtime::build_from_text;
 use sources::generator::LatencyDistribution;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -83,16 +82,16 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<ExitCode> {
     let mut registry = crate::components::registry();
     sources::channel::register(&mut registry, "demo_traffic", events_rx);
     let data = options.data.clone();
-    let source = SourceText::new("demo.toml", DEMO_PIPELINE, |name| match name {
-        "DEMO_DATA" => Some(data.clone()),
-        _ => std::env::var(name).ok(),
-    })
+    let pipeline = build_from_text(
+        "demo.toml",
+        DEMO_PIPELINE,
+        |name| match name {
+            "DEMO_DATA" => Some(data.clone()),
+            _ => std::env::var(name).ok(),
+        },
+        &registry,
+    )
     .map_err(|e| anyhow::anyhow!("the demo pipeline is invalid: {e}"))?;
-    let file = source
-        .parse()
-        .map_err(|e| anyhow::anyhow!("the demo pipeline is invalid: {e}"))?;
-    let pipeline = build(&file.pipelines[0], &registry)
-        .map_err(|e| anyhow::anyhow!("the demo pipeline is invalid: {e}"))?;
 
     let shutdown = crate::shutdown::on_signal();
     if let Some(duration) = options.duration {

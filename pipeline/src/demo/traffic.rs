@@ -76,6 +76,14 @@ impl StreamWatch {
     }
 }
 
+fn failure_outcome(error: &reqwest::Error) -> Outcome {
+    if error.is_timeout() {
+        Outcome::Timeout
+    } else {
+        Outcome::UpstreamUnreachable
+    }
+}
+
 fn read_usage(usage: &Value, input: &mut Option<u32>, output: &mut Option<u32>) {
     let number = |keys: [&str; 2]| {
         keys.iter()
@@ -123,11 +131,7 @@ async fn one_call(client: &reqwest::Client, base_url: &str, call: Call) -> ApiCa
     let mut response = match response {
         Ok(response) => response,
         Err(e) => {
-            event.outcome = if e.is_timeout() {
-                Outcome::Timeout
-            } else {
-                Outcome::UpstreamUnreachable
-            };
+            event.outcome = failure_outcome(&e);
             event.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
             return event;
         }
@@ -156,11 +160,7 @@ async fn one_call(client: &reqwest::Client, base_url: &str, call: Call) -> ApiCa
             }
             Ok(None) => break,
             Err(e) => {
-                event.outcome = if e.is_timeout() {
-                    Outcome::Timeout
-                } else {
-                    Outcome::UpstreamUnreachable
-                };
+                event.outcome = failure_outcome(&e);
                 break;
             }
         }
