@@ -117,3 +117,44 @@ async fn files_are_partitioned_by_hour_and_appear_only_when_complete() {
     expected.sort_by_key(|c| (c.event_time, c.request_id.clone()));
     assert_eq!(read_back, expected);
 }
+
+#[tokio::test]
+async fn files_roll_at_the_configured_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[sinks.history]\ntype = \"parquet\"\ninputs = [\"x\"]\npath = \"{}\"\nmax_file_bytes = 4096\ncompression = \"none\"\n",
+        dir.path().display()
+    );
+    let source = SourceText::new("t.toml", text, |_| None).unwrap();
+    let file = source.parse().unwrap();
+    let context = BuildContext {
+        spec: &file.pipelines[0].components[0],
+        input_schemas: vec![api_call_schema()],
+        metrics: ComponentMetrics::new(),
+    };
+    let mut sink = sinks::parquet::build(&context).unwrap();
+    for part in 0..20 {
+        sink.write(api_calls_to_batch(&calls(T0 + part * 1000, 100, 1)))
+            .await
+            .unwrap();
+    }
+    let before_close = files(dir.path()).len();
+    assert!(
+        before_close >= 3,
+        "4 KiB files from 2000 rows: only {before_close} written"
+    );
+    sink.close().await.unwrap();
+    let written = files(dir.path());
+    assert!(written
+        .iter()
+        .all(|f| f.starts_with("api_calls/date=2026-03-04/hour=05/")));
+    let mut rows = 0;
+    for file in &written {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(dir.path().join(file)).unwrap(),
+        )
+        .unwrap();
+        rows += reader.metadata().file_metadata().num_rows();
+    }
+    assert_eq!(rows, 2000);
+}

@@ -43,6 +43,9 @@ pub struct DemoOptions {
     /// Median latency of the simulated model API, in milliseconds (log-normal).
     #[arg(long, default_value_t = 80.0)]
     pub latency_ms: f64,
+    /// Spread of the log-normal latency (sigma of its logarithm): 0 is constant, 1 is wide.
+    #[arg(long, default_value_t = 0.5)]
+    pub latency_sigma: f64,
     /// Fraction of calls the simulated model API fails outside incidents.
     #[arg(long, default_value_t = 0.01)]
     pub error_rate: f64,
@@ -65,6 +68,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<ExitCode> {
         "--error-rate must be between 0 and 1"
     );
     anyhow::ensure!(options.latency_ms > 0.0, "--latency-ms must be positive");
+    anyhow::ensure!(
+        options.latency_sigma >= 0.0,
+        "--latency-sigma must not be negative"
+    );
     let incidents = if options.no_incidents {
         Vec::new()
     } else if options.incidents.is_empty() {
@@ -106,7 +113,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<ExitCode> {
     let api_config = Arc::new(ModelApiConfig {
         latency: LatencyDistribution::LogNormal {
             median_ms: options.latency_ms,
-            sigma: 0.5,
+            sigma: options.latency_sigma,
         },
         error_rate: options.error_rate,
         incidents: incidents.clone(),
