@@ -15,6 +15,7 @@ use engine::schema::api_call::{api_call_schema, ApiCall, ApiCallBatchBuilder};
 use engine::time::ConfigDuration;
 use serde::Deserialize;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,45 +78,59 @@ impl Source for ChannelSource {
                 self.name
             )));
         };
-        let mut builder = ApiCallBatchBuilder::with_capacity(self.batch_size);
-        let mut flush_at: Option<tokio::time::Instant> = None;
-        loop {
-            let deadline =
-                flush_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
-            tokio::select! {
-                _ = ctx.shutdown.cancelled() => break,
-                Some(barrier) = ctx.barriers.recv() => {
-                    if !builder.is_empty() {
-                        ctx.output.send_batch(0, builder.finish()).await?;
-                        flush_at = None;
-                    }
-                    ctx.output.send_control(Message::Barrier(barrier)).await?;
-                }
-                call = receiver.recv() => match call {
-                    Some(call) => {
-                        builder.push(&call);
-                        if builder.len() >= self.batch_size {
-                            ctx.output.send_batch(0, builder.finish()).await?;
-                            flush_at = None;
-                        } else if flush_at.is_none() {
-                            flush_at = Some(tokio::time::Instant::now() + self.linger);
-                        }
-                    }
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(deadline), if flush_at.is_some() => {
+        let stop = ctx.shutdown.clone();
+        forward_events(&mut receiver, &mut ctx, self.batch_size, self.linger, &stop).await
+    }
+}
+
+/// Batches events from `receiver` into the source's output by size or linger time, forwards
+/// barriers in order, and when `stop` is cancelled (or every sender is gone) flushes what is
+/// queued.
+pub async fn forward_events(
+    receiver: &mut mpsc::Receiver<ApiCall>,
+    ctx: &mut SourceContext,
+    batch_size: usize,
+    linger: Duration,
+    stop: &CancellationToken,
+) -> ComponentResult {
+    let mut builder = ApiCallBatchBuilder::with_capacity(batch_size);
+    let mut flush_at: Option<tokio::time::Instant> = None;
+    loop {
+        let deadline =
+            flush_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            Some(barrier) = ctx.barriers.recv() => {
+                if !builder.is_empty() {
                     ctx.output.send_batch(0, builder.finish()).await?;
                     flush_at = None;
                 }
+                ctx.output.send_control(Message::Barrier(barrier)).await?;
+            }
+            call = receiver.recv() => match call {
+                Some(call) => {
+                    builder.push(&call);
+                    if builder.len() >= batch_size {
+                        ctx.output.send_batch(0, builder.finish()).await?;
+                        flush_at = None;
+                    } else if flush_at.is_none() {
+                        flush_at = Some(tokio::time::Instant::now() + linger);
+                    }
+                }
+                None => break,
+            },
+            _ = tokio::time::sleep_until(deadline), if flush_at.is_some() => {
+                ctx.output.send_batch(0, builder.finish()).await?;
+                flush_at = None;
             }
         }
-        // Take what is still queued, then flush.
-        while let Ok(call) = receiver.try_recv() {
-            builder.push(&call);
-        }
-        if !builder.is_empty() {
-            ctx.output.send_batch(0, builder.finish()).await?;
-        }
-        Ok(())
     }
+    // Take what is still queued, then flush.
+    while let Ok(call) = receiver.try_recv() {
+        builder.push(&call);
+    }
+    if !builder.is_empty() {
+        ctx.output.send_batch(0, builder.finish()).await?;
+    }
+    Ok(())
 }

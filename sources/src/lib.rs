@@ -1,10 +1,12 @@
-//! Sources: `generator` (synthetic api_call traffic with injected incidents), `file` (replay
-//! of JSON Lines or Parquet), and `channel` (events handed over in-process, used by the
-//! embedded demo). Each module registers itself in [`register`].
+//! Sources: `proxy` (an intercepting reverse proxy in front of a model API), `generator`
+//! (synthetic api_call traffic with injected incidents), `file` (replay of JSON Lines or
+//! Parquet), and `channel` (events handed over in-process). Each module registers itself in
+//! [`register`].
 
 pub mod channel;
 pub mod file;
 pub mod generator;
+pub mod proxy;
 
 use engine::registry::Registry;
 
@@ -12,4 +14,5 @@ use engine::registry::Registry;
 pub fn register(registry: &mut Registry) {
     registry.add_source("generator", generator::build);
     registry.add_source("file", file::build);
+    registry.add_source("proxy", proxy::build);
 }

@@ -1,0 +1,121 @@
+//! Settings of the `proxy` source.
+
+use std::net::SocketAddr;
+
+use engine::time::ConfigDuration;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HostHeader {
+    /// Send the upstream's host, as nginx's `proxy_pass` does by default.
+    #[default]
+    Rewrite,
+    /// Pass the client's `Host` through unchanged.
+    Keep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge.
+    H2c,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WebSocketPolicy {
+    /// Pass WebSocket upgrades through to the upstream (one event per upgrade).
+    #[default]
+    Pass,
+    /// Answer upgrades with 501 and a JSON error.
+    Refuse,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Where clients connect (HTTP/1.1 and h2c).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The model API, e.g. `http://127.0.0.1:8002`.
+    pub upstream: String,
+    #[serde(default)]
+    pub upstream_protocol: UpstreamProtocol,
+    /// The proxy's own health endpoint, apart from the upstream's paths.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub host: HostHeader,
+    /// Header carrying the request id (generated, and added upstream, when absent).
+    #[serde(default = "default_request_id_header")]
+    pub request_id_header: String,
+    /// Header whose value is the calling client's id.
+    pub client_id_header: Option<String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: ConfigDuration,
+    /// Time allowed for the upstream's response headers.
+    #[serde(default = "default_response_timeout")]
+    pub response_timeout: ConfigDuration,
+    /// Header naming the model (e.g. `x-model-name`); wins over every other recogniser.
+    pub model_header: Option<String>,
+    /// A regex over the path with a named group `model`.
+    pub model_path_regex: Option<String>,
+    /// How much of a JSON request body is scanned for a top-level `model` field.
+    #[serde(default = "default_body_prefix")]
+    pub model_body_prefix_bytes: usize,
+    /// Route templates such as `/v1/users/{id}`.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    #[serde(default = "default_max_models")]
+    pub max_models: usize,
+    #[serde(default = "default_max_routes")]
+    pub max_routes: usize,
+    /// Adds this response header with the proxy's own overhead in milliseconds (off when absent).
+    pub overhead_header: Option<String>,
+    #[serde(default)]
+    pub websocket: WebSocketPolicy,
+    /// Events waiting to be batched; beyond it events are dropped and counted, never blocking.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    #[serde(default = "default_linger")]
+    pub linger: ConfigDuration,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+fn default_admin_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9091)))
+}
+fn default_request_id_header() -> String {
+    "x-request-id".to_string()
+}
+fn default_connect_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(5)
+}
+fn default_response_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(300)
+}
+fn default_body_prefix() -> usize {
+    64 * 1024
+}
+fn default_max_models() -> usize {
+    200
+}
+fn default_max_routes() -> usize {
+    500
+}
+fn default_queue_capacity() -> usize {
+    65_536
+}
+fn default_batch_size() -> usize {
+    1024
+}
+fn default_linger() -> ConfigDuration {
+    ConfigDuration::from_millis(200)
+}

@@ -1,0 +1,263 @@
+//! `proxy`: a reverse proxy in front of a model API; every call through it becomes an api_call
+//! event, emitted after the response completes (and for client aborts, upstream timeouts and
+//! unreachable upstreams). It is fail-open: emitting never blocks or delays a call — events go
+//! to a bounded queue with `try_send`, and when it is full the event is dropped and counted in
+//! the source's `dropped` metric.
+
+mod body;
+pub mod config;
+pub mod extract;
+pub mod observe;
+mod server;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use engine::component::{ComponentError, ComponentResult, Source, SourceContext};
+use engine::config::ConfigError;
+use engine::metrics::ComponentMetrics;
+use engine::registry::{BuildContext, BuiltSource};
+use engine::schema::api_call::{api_call_schema, ApiCall};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use config::ProxyConfig;
+use extract::{CardinalityCap, Recognizer, RouteTemplate};
+pub use server::strip_hop_by_hop;
+use server::Forwarder;
+
+/// Finishes events (model from the body prefix, caps) and queues them without blocking.
+pub struct Emitter {
+    sender: mpsc::Sender<ApiCall>,
+    metrics: Arc<ComponentMetrics>,
+    pub recognizer: Recognizer,
+}
+
+impl Emitter {
+    pub fn emit(&self, mut event: ApiCall, request_prefix: &[u8]) {
+        if event.model.is_none() && !request_prefix.is_empty() {
+            event.model = extract::model_from_json_prefix(request_prefix);
+        }
+        let (route, model) = self.recognizer.capped(
+            event.endpoint.take().unwrap_or_default(),
+            event.model.take(),
+        );
+        event.endpoint = Some(route);
+        event.model = model;
+        if self.sender.try_send(event).is_err() {
+            self.metrics.add_dropped(1);
+        }
+    }
+}
+
+fn recognizer(config: &ProxyConfig) -> Result<Recognizer, (&'static str, String)> {
+    let templates = config
+        .routes
+        .iter()
+        .map(|t| RouteTemplate::parse(t))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ("routes", e))?;
+    let path_regex = config
+        .model_path_regex
+        .as_deref()
+        .map(|r| {
+            let regex = regex::Regex::new(r)
+                .map_err(|e| ("model_path_regex", format!("invalid regex: {e}")))?;
+            if regex.capture_names().any(|n| n == Some("model")) {
+                Ok(regex)
+            } else {
+                Err((
+                    "model_path_regex",
+                    "the regex needs a named group `model`, e.g. ^/models/(?P<model>[^/]+)/"
+                        .to_string(),
+                ))
+            }
+        })
+        .transpose()?;
+    Ok(Recognizer {
+        model_header: config.model_header.clone(),
+        path_regex,
+        templates,
+        models: CardinalityCap::new(config.max_models),
+        routes: CardinalityCap::new(config.max_routes),
+    })
+}
+
+pub fn build(ctx: &BuildContext<'_, '_>) -> Result<BuiltSource, ConfigError> {
+    let config: ProxyConfig = ctx.spec.settings()?;
+    if config.batch_size == 0 || config.queue_capacity == 0 {
+        return Err(ctx.spec.error_at_key(
+            "queue_capacity",
+            "`queue_capacity` and `batch_size` must be at least 1",
+        ));
+    }
+    let checked =
+        recognizer(&config).map_err(|(key, message)| ctx.spec.error_at_key(key, message))?;
+    drop(checked);
+    // Check the upstream and header names now, so `validate` reports them.
+    let (sender, _) = mpsc::channel(1);
+    let probe = Arc::new(Emitter {
+        sender,
+        metrics: ctx.metrics.clone(),
+        recognizer: recognizer(&config)
+            .map_err(|(key, message)| ctx.spec.error_at_key(key, message))?,
+    });
+    Forwarder::new(config.clone(), probe)
+        .map_err(|message| ctx.spec.error_at_key("upstream", message))?;
+    Ok(BuiltSource {
+        source: Box::new(ProxySource { config }),
+        schema: api_call_schema(),
+    })
+}
+
+pub struct ProxySource {
+    config: ProxyConfig,
+}
+
+impl ProxySource {
+    /// A proxy source from settings already checked (see [`build`] for the checks).
+    pub fn new(config: ProxyConfig) -> Self {
+        Self { config }
+    }
+}
+
+async fn serve_admin(
+    listener: TcpListener,
+    metrics: Arc<ComponentMetrics>,
+    upstream: String,
+    stop: CancellationToken,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(_) => continue,
+            },
+        };
+        let metrics = metrics.clone();
+        let upstream = upstream.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                let upstream = upstream.clone();
+                async move {
+                    let (status, body) = if request.uri().path() == "/health" {
+                        let snapshot = metrics.snapshot();
+                        (
+                            StatusCode::OK,
+                            serde_json::json!({"status": "ok", "upstream": upstream, "events": snapshot.events_out, "events_dropped": snapshot.dropped}),
+                        )
+                    } else {
+                        (
+                            StatusCode::NOT_FOUND,
+                            serde_json::json!({"error": "not found; the proxy's admin endpoint serves /health"}),
+                        )
+                    };
+                    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+                    *response.status_mut() = status;
+                    response.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("application/json"),
+                    );
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn serve(listener: TcpListener, forwarder: Arc<Forwarder>, stop: CancellationToken) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, client) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accepting a connection failed");
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let forwarder = forwarder.clone();
+        let service = service_fn(move |request| forwarder.clone().handle(request, client));
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    // Let calls in flight finish (bounded), so their events are emitted.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown()).await;
+}
+
+#[async_trait]
+impl Source for ProxySource {
+    async fn run(self: Box<Self>, mut ctx: SourceContext) -> ComponentResult {
+        let config = self.config;
+        let bind = |address: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(address).await.map_err(|e| {
+                ComponentError::other(format!("cannot listen on {address} for the {what}: {e}"))
+            })
+        };
+        let listener = bind(config.listen, "proxy").await?;
+        let admin = match config.admin_listen {
+            Some(address) => Some(bind(address, "proxy's admin endpoint").await?),
+            None => None,
+        };
+        let (sender, mut receiver) = mpsc::channel(config.queue_capacity);
+        let emitter = Arc::new(Emitter {
+            sender,
+            metrics: ctx.metrics.clone(),
+            recognizer: recognizer(&config)
+                .map_err(|(_, message)| ComponentError::other(message))?,
+        });
+        let forwarder =
+            Arc::new(Forwarder::new(config.clone(), emitter).map_err(ComponentError::other)?);
+        let stop = ctx.shutdown.child_token();
+        tracing::info!(source = %ctx.id, listen = %config.listen, upstream = %config.upstream, "proxy listening");
+        let server = tokio::spawn(serve(listener, forwarder, stop.clone()));
+        if let Some(admin) = admin {
+            tokio::spawn(serve_admin(
+                admin,
+                ctx.metrics.clone(),
+                config.upstream.clone(),
+                stop.clone(),
+            ));
+        }
+        // On shutdown the server stops accepting and lets calls in flight finish (bounded);
+        // events keep flowing until then, and what is queued is flushed after.
+        let drained = CancellationToken::new();
+        let drained_signal = drained.clone();
+        tokio::spawn(async move {
+            let _ = server.await;
+            drained_signal.cancel();
+        });
+        let result = crate::channel::forward_events(
+            &mut receiver,
+            &mut ctx,
+            config.batch_size,
+            config.linger.0,
+            &drained,
+        )
+        .await;
+        result
+    }
+}

@@ -1,0 +1,264 @@
+//! Reads a model API's response as it streams past, without holding it back: for
+//! `text/event-stream`, the time to the first chunk that carries generated content (not a role
+//! or metadata frame), output tokens from the final `usage` object (else a count of content
+//! chunks, marked as an estimate); for JSON, the `usage` object (`prompt_tokens` /
+//! `completion_tokens` or `input_tokens` / `output_tokens`), found in a bounded tail of the
+//! body so that memory stays flat whatever the response size.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Longest SSE line kept; longer lines are skipped (they cannot be parsed within bounds).
+const MAX_LINE: usize = 1 << 20;
+/// Bytes of a JSON body's end kept to find its `usage` object.
+const JSON_TAIL: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    EventStream,
+    Json,
+    Other,
+}
+
+impl BodyKind {
+    pub fn from_content_type(content_type: Option<&str>) -> Self {
+        match content_type.map(|c| c.to_ascii_lowercase()) {
+            Some(c) if c.starts_with("text/event-stream") => BodyKind::EventStream,
+            Some(c) if c.starts_with("application/json") || c.contains("+json") => BodyKind::Json,
+            _ => BodyKind::Other,
+        }
+    }
+}
+
+/// What was learned from a response body.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    pub first_token: Option<Duration>,
+    pub input_tokens: Option<u32>,
+    pub output_tokens: Option<u32>,
+    pub output_tokens_estimated: bool,
+}
+
+pub struct ResponseObserver {
+    kind: BodyKind,
+    line: Vec<u8>,
+    skipping_line: bool,
+    tail: Vec<u8>,
+    content_chunks: u32,
+    observed: Observed,
+}
+
+impl ResponseObserver {
+    pub fn new(kind: BodyKind) -> Self {
+        Self {
+            kind,
+            line: Vec::new(),
+            skipping_line: false,
+            tail: Vec::new(),
+            content_chunks: 0,
+            observed: Observed::default(),
+        }
+    }
+
+    /// Feeds the next chunk; `elapsed` is the time since the request started.
+    pub fn feed(&mut self, chunk: &[u8], elapsed: Duration) {
+        match self.kind {
+            BodyKind::EventStream => self.feed_stream(chunk, elapsed),
+            BodyKind::Json => {
+                self.tail.extend_from_slice(chunk);
+                if self.tail.len() > 2 * JSON_TAIL {
+                    self.tail.drain(..self.tail.len() - JSON_TAIL);
+                }
+            }
+            BodyKind::Other => {}
+        }
+    }
+
+    fn feed_stream(&mut self, chunk: &[u8], elapsed: Duration) {
+        for piece in chunk.split_inclusive(|b| *b == b'\n') {
+            let complete = piece.ends_with(b"\n");
+            if !self.skipping_line {
+                self.line.extend_from_slice(piece);
+                if self.line.len() > MAX_LINE {
+                    self.line.clear();
+                    self.skipping_line = true;
+                }
+            }
+            if complete {
+                if !self.skipping_line {
+                    let line = std::mem::take(&mut self.line);
+                    self.stream_line(&line, elapsed);
+                }
+                self.skipping_line = false;
+            }
+        }
+    }
+
+    fn stream_line(&mut self, line: &[u8], elapsed: Duration) {
+        let Ok(text) = std::str::from_utf8(line) else {
+            return;
+        };
+        let Some(data) = text.trim().strip_prefix("data:") else {
+            return;
+        };
+        let Ok(value) = serde_json::from_str::<Value>(data.trim()) else {
+            return;
+        };
+        if carries_content(&value) {
+            self.content_chunks += 1;
+            self.observed.first_token.get_or_insert(elapsed);
+        }
+        if let Some(usage) = value
+            .get("usage")
+            .or_else(|| value.pointer("/message/usage"))
+        {
+            read_usage(usage, &mut self.observed);
+        }
+    }
+
+    /// Ends the body; returns what was observed.
+    pub fn finish(mut self) -> Observed {
+        match self.kind {
+            BodyKind::EventStream => {
+                if !self.line.is_empty() && !self.skipping_line {
+                    let line = std::mem::take(&mut self.line);
+                    self.stream_line(&line, self.observed.first_token.unwrap_or_default());
+                }
+                if self.observed.output_tokens.is_none() && self.content_chunks > 0 {
+                    self.observed.output_tokens = Some(self.content_chunks);
+                    self.observed.output_tokens_estimated = true;
+                }
+            }
+            BodyKind::Json => {
+                if let Some(usage) = usage_in_tail(&self.tail) {
+                    read_usage(&usage, &mut self.observed);
+                }
+            }
+            BodyKind::Other => {}
+        }
+        self.observed
+    }
+}
+
+/// A chunk that carries generated text: OpenAI chat (`choices[].delta.content`), OpenAI
+/// completions (`choices[].text`), Anthropic (`content_block_delta` with `delta.text`).
+fn carries_content(value: &Value) -> bool {
+    let non_empty = |v: Option<&Value>| v.and_then(Value::as_str).is_some_and(|s| !s.is_empty());
+    if let Some(choices) = value.get("choices").and_then(Value::as_array) {
+        return choices.iter().any(|c| {
+            non_empty(c.pointer("/delta/content"))
+                || non_empty(c.get("text"))
+                || c.pointer("/delta/tool_calls").is_some()
+        });
+    }
+    value.get("type").and_then(Value::as_str) == Some("content_block_delta")
+        && non_empty(value.pointer("/delta/text"))
+}
+
+fn read_usage(usage: &Value, observed: &mut Observed) {
+    let number = |keys: [&str; 2]| {
+        keys.iter()
+            .find_map(|k| usage.get(*k).and_then(Value::as_u64))
+            .map(|v| v.min(u64::from(u32::MAX)) as u32)
+    };
+    if let Some(input) = number(["prompt_tokens", "input_tokens"]) {
+        observed.input_tokens = Some(input);
+    }
+    if let Some(output) = number(["completion_tokens", "output_tokens"]) {
+        observed.output_tokens = Some(output);
+        observed.output_tokens_estimated = false;
+    }
+}
+
+/// The last `"usage": {...}` object in the tail of a JSON body.
+fn usage_in_tail(tail: &[u8]) -> Option<Value> {
+    let start = tail.len().saturating_sub(JSON_TAIL);
+    let text = String::from_utf8_lossy(&tail[start..]);
+    let position = text.rfind("\"usage\"")?;
+    let rest = text[position + "\"usage\"".len()..]
+        .trim_start()
+        .strip_prefix(':')?;
+    serde_json::Deserializer::from_str(rest)
+        .into_iter::<Value>()
+        .next()?
+        .ok()
+        .filter(Value::is_object)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn first_content_token_skips_role_frames_and_survives_split_chunks() {
+        let mut observer = ResponseObserver::new(BodyKind::EventStream);
+        observer.feed(
+            b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n",
+            5 * MS,
+        );
+        observer.feed(b"data: {\"choices\":[{\"delta\":{\"con", 10 * MS);
+        observer.feed(b"tent\":\"Hi\"}}]}\n\n", 12 * MS);
+        observer.feed(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n", 20 * MS);
+        let observed = observer.finish();
+        assert_eq!(observed.first_token, Some(12 * MS));
+        assert_eq!(
+            (observed.input_tokens, observed.output_tokens),
+            (Some(7), Some(3))
+        );
+        assert!(!observed.output_tokens_estimated);
+    }
+
+    #[test]
+    fn without_usage_content_chunks_are_counted_as_an_estimate() {
+        let mut observer = ResponseObserver::new(BodyKind::EventStream);
+        for i in 0..4 {
+            observer.feed(
+                format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"w{i}\"}}}}]}}\n\n")
+                    .as_bytes(),
+                i * MS,
+            );
+        }
+        let observed = observer.finish();
+        assert_eq!(observed.output_tokens, Some(4));
+        assert!(observed.output_tokens_estimated);
+        assert_eq!(observed.first_token, Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn anthropic_style_streams_are_understood() {
+        let mut observer = ResponseObserver::new(BodyKind::EventStream);
+        observer.feed(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n", MS);
+        observer.feed(b"data: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n", 9 * MS);
+        observer.feed(
+            b"data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\n",
+            30 * MS,
+        );
+        let observed = observer.finish();
+        assert_eq!(observed.first_token, Some(9 * MS));
+        assert_eq!(
+            (observed.input_tokens, observed.output_tokens),
+            (Some(25), Some(15))
+        );
+    }
+
+    #[test]
+    fn json_usage_is_read_from_the_tail_of_any_size_of_body() {
+        let mut observer = ResponseObserver::new(BodyKind::Json);
+        observer.feed(b"{\"choices\":[{\"message\":{\"content\":\"", MS);
+        let filler = vec![b'x'; 100_000];
+        observer.feed(&filler, MS);
+        observer.feed(
+            b"\"}}],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":22,\"total_tokens\":33}}",
+            MS,
+        );
+        let observed = observer.finish();
+        assert_eq!(
+            (observed.input_tokens, observed.output_tokens),
+            (Some(11), Some(22))
+        );
+        assert_eq!(observed.first_token, None);
+    }
+}

@@ -1,0 +1,430 @@
+//! The forwarding path: one hyper service per client connection (HTTP/1.1 with keep-alive, or
+//! h2c), a pooled upstream client, hop-by-hop headers handled per RFC 9110 §7.6.1,
+//! `X-Forwarded-For` / `X-Forwarded-Proto`, bodies streamed in both directions, WebSocket
+//! upgrades passed through or refused, and a JSON 502 / 504 when the upstream cannot answer.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use engine::schema::api_call::{ApiCall, Outcome};
+use engine::time::now_micros;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST, UPGRADE};
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use super::body::{CallRecord, ObservedBody, TeeBody};
+use super::config::{HostHeader, ProxyConfig, UpstreamProtocol, WebSocketPolicy};
+use super::observe::BodyKind;
+use super::Emitter;
+
+pub type ProxyBody = Either<ObservedBody<Incoming>, Full<Bytes>>;
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
+pub struct Forwarder {
+    pub config: ProxyConfig,
+    upstream_scheme: String,
+    upstream_authority: String,
+    upstream_base_path: String,
+    client: Client<HttpConnector, TeeBody<Incoming>>,
+    pub emitter: Arc<Emitter>,
+    request_id_header: HeaderName,
+    client_id_header: Option<HeaderName>,
+    model_header: Option<HeaderName>,
+    overhead_header: Option<HeaderName>,
+}
+
+fn header_name(value: &str, what: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(value.as_bytes())
+        .map_err(|_| format!("`{value}` is not a valid {what} header name"))
+}
+
+impl Forwarder {
+    pub fn new(config: ProxyConfig, emitter: Arc<Emitter>) -> Result<Self, String> {
+        let upstream: Uri = config
+            .upstream
+            .parse()
+            .map_err(|e| format!("`upstream` {:?} is not a URL: {e}", config.upstream))?;
+        let scheme = upstream.scheme_str().unwrap_or("http").to_string();
+        if scheme != "http" {
+            return Err(format!("`upstream` must be an http:// URL (TLS to the upstream is not supported), got {:?}", config.upstream));
+        }
+        let authority = upstream
+            .authority()
+            .map(|a| a.to_string())
+            .ok_or_else(|| format!("`upstream` {:?} names no host", config.upstream))?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout.0));
+        connector.set_nodelay(true);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .http2_only(config.upstream_protocol == UpstreamProtocol::H2c);
+        let client = builder.build(connector);
+        Ok(Self {
+            request_id_header: header_name(&config.request_id_header, "request id")?,
+            client_id_header: config
+                .client_id_header
+                .as_deref()
+                .map(|h| header_name(h, "client id"))
+                .transpose()?,
+            model_header: config
+                .model_header
+                .as_deref()
+                .map(|h| header_name(h, "model"))
+                .transpose()?,
+            overhead_header: config
+                .overhead_header
+                .as_deref()
+                .map(|h| header_name(h, "overhead"))
+                .transpose()?,
+            upstream_scheme: scheme,
+            upstream_base_path: upstream.path().trim_end_matches('/').to_string(),
+            upstream_authority: authority,
+            client,
+            config,
+            emitter,
+        })
+    }
+
+    fn json_error(status: StatusCode, kind: &str, message: &str) -> Response<ProxyBody> {
+        let body =
+            serde_json::json!({"error": {"type": kind, "message": message, "source": "proxy"}})
+                .to_string();
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+        *response.status_mut() = status;
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    }
+
+    /// Handles one request. Never fails: upstream problems become 502 / 504 responses.
+    pub async fn handle(
+        self: Arc<Self>,
+        mut request: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let started = Instant::now();
+        let event_time = now_micros();
+        let headers = request.headers();
+        let request_id = headers
+            .get(&self.request_id_header)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let path = request.uri().path().to_string();
+        let path_info = self.emitter.recognizer.from_path(&path);
+        let header_model = self
+            .model_header
+            .as_ref()
+            .and_then(|h| headers.get(h))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let client_id = self
+            .client_id_header
+            .as_ref()
+            .and_then(|h| headers.get(h))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let is_upgrade = headers.get(UPGRADE).is_some()
+            && headers
+                .get(CONNECTION)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| {
+                    v.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+                });
+        let event = ApiCall {
+            event_time,
+            request_id: request_id.clone(),
+            model: header_model.or(path_info.model),
+            endpoint: Some(path_info.route),
+            method: Some(request.method().to_string()),
+            client_id,
+            upstream: Some(self.upstream_authority.clone()),
+            ..Default::default()
+        };
+        let prefix = Arc::new(Mutex::new(Vec::new()));
+        let request_bytes = Arc::new(AtomicU64::new(0));
+        let record = CallRecord {
+            event,
+            started,
+            request_prefix: prefix.clone(),
+            request_bytes: request_bytes.clone(),
+            emitter: self.emitter.clone(),
+        };
+        if is_upgrade && self.config.websocket == WebSocketPolicy::Refuse {
+            let mut record = record;
+            record.event.status_code = Some(501);
+            record.event.outcome = Outcome::ServerError;
+            record.emit(None, Some(0), None);
+            return Ok(Self::json_error(
+                StatusCode::NOT_IMPLEMENTED,
+                "upgrade_refused",
+                "this proxy does not pass protocol upgrades through (websocket = \"refuse\")",
+            ));
+        }
+        let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut request));
+
+        // Build the upstream request.
+        let (mut parts, body) = request.into_parts();
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let uri = format!(
+            "{}://{}{}{}",
+            self.upstream_scheme, self.upstream_authority, self.upstream_base_path, path_and_query
+        );
+        let original_host = parts.headers.get(HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        match uri.parse() {
+            Ok(uri) => parts.uri = uri,
+            Err(_) => {
+                record.emit(Some(Outcome::ClientError), Some(0), None);
+                return Ok(Self::json_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "the request target cannot be forwarded",
+                ));
+            }
+        }
+        let upgrade_headers = is_upgrade.then(|| {
+            (
+                parts.headers.get(UPGRADE).cloned(),
+                parts.headers.get(CONNECTION).cloned(),
+            )
+        });
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some((upgrade, connection)) = upgrade_headers {
+            if let Some(upgrade) = upgrade {
+                parts.headers.insert(UPGRADE, upgrade);
+            }
+            if let Some(connection) = connection {
+                parts.headers.insert(CONNECTION, connection);
+            }
+        }
+        parts.version = hyper::Version::HTTP_11;
+        match self.config.host {
+            HostHeader::Rewrite => {
+                if let Ok(host) = HeaderValue::from_str(&self.upstream_authority) {
+                    parts.headers.insert(HOST, host);
+                }
+            }
+            HostHeader::Keep => {
+                if let Some(host) = original_host.clone() {
+                    parts.headers.insert(HOST, host);
+                }
+            }
+        }
+        append_forwarded(&mut parts.headers, client, original_host.as_ref());
+        if !parts.headers.contains_key(&self.request_id_header) {
+            if let Ok(value) = HeaderValue::from_str(&request_id) {
+                parts.headers.insert(self.request_id_header.clone(), value);
+            }
+        }
+        let body = TeeBody::new(
+            body,
+            prefix,
+            self.config.model_body_prefix_bytes,
+            request_bytes,
+        );
+        let upstream_request = Request::from_parts(parts, body);
+        let before_send = started.elapsed();
+
+        let response = tokio::time::timeout(
+            self.config.response_timeout.0,
+            self.client.request(upstream_request),
+        )
+        .await;
+        let mut response = match response {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                let mut record = record;
+                record.event.status_code = Some(502);
+                let message = format!(
+                    "the upstream {} could not be reached: {}",
+                    self.upstream_authority,
+                    error_chain(&error)
+                );
+                record.emit(Some(Outcome::UpstreamUnreachable), Some(0), None);
+                return Ok(Self::json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_unreachable",
+                    &message,
+                ));
+            }
+            Err(_) => {
+                let mut record = record;
+                record.event.status_code = Some(504);
+                record.emit(Some(Outcome::Timeout), Some(0), None);
+                let message = format!(
+                    "the upstream {} sent no response within {}",
+                    self.upstream_authority, self.config.response_timeout
+                );
+                return Ok(Self::json_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    &message,
+                ));
+            }
+        };
+        let after_headers = Instant::now();
+        let mut record = record;
+        record.event.ttfb_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+        let status = response.status();
+        record.event.status_code = Some(status.as_u16());
+        record.event.outcome = Outcome::from_status(status.as_u16());
+
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let upstream_upgrade = hyper::upgrade::on(&mut response);
+                tokio::spawn(async move {
+                    if let (Ok(client_io), Ok(upstream_io)) =
+                        (client_upgrade.await, upstream_upgrade.await)
+                    {
+                        let mut client_io = TokioIo::new(client_io);
+                        let mut upstream_io = TokioIo::new(upstream_io);
+                        let _ =
+                            tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io).await;
+                    }
+                });
+            }
+            record.emit(None, Some(0), None);
+            let (parts, _) = response.into_parts();
+            return Ok(Response::from_parts(
+                parts,
+                Either::Right(Full::new(Bytes::new())),
+            ));
+        }
+
+        let kind = BodyKind::from_content_type(
+            response
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+        );
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(name) = &self.overhead_header {
+            let overhead = before_send + after_headers.elapsed();
+            if let Ok(value) =
+                HeaderValue::from_str(&format!("{:.3}", overhead.as_secs_f64() * 1000.0))
+            {
+                parts.headers.insert(name.clone(), value);
+            }
+        }
+        Ok(Response::from_parts(
+            parts,
+            Either::Left(ObservedBody::new(body, record, kind)),
+        ))
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Removes hop-by-hop headers, including those named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn append_forwarded(headers: &mut HeaderMap, client: SocketAddr, host: Option<&HeaderValue>) {
+    let ip = client.ip().to_string();
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {ip}"),
+        None => ip,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", value);
+    }
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if let Some(host) = host {
+        if !headers.contains_key("x-forwarded-host") {
+            headers.insert("x-forwarded-host", host.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        headers.insert("te", HeaderValue::from_static("trailers"));
+        headers.insert("authorization", HeaderValue::from_static("Bearer k"));
+        strip_hop_by_hop(&mut headers);
+        let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["authorization"]);
+    }
+
+    #[test]
+    fn forwarded_headers_append_to_an_existing_chain() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        append_forwarded(
+            &mut headers,
+            "127.0.0.9:5000".parse().unwrap(),
+            Some(&HeaderValue::from_static("api.example")),
+        );
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-forwarded-host"], "api.example");
+    }
+}

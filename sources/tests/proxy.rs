@@ -1,0 +1,465 @@
+//! The proxy source against a real upstream on loopback: forwarding (streaming without
+//! buffering, hop-by-hop headers, X-Forwarded-*), the events it emits (models and routes,
+//! TTFT and tokens, outcomes for errors, timeouts, unreachable upstreams and client aborts),
+//! and fail-open behaviour when the pipeline behind it is stuck.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use engine::component::{Source, SourceContext};
+use engine::message::Message;
+use engine::metrics::ComponentMetrics;
+use engine::runtime::output::Output;
+use engine::schema::api_call::{batch_to_api_calls, ApiCall, Outcome};
+use http_body_util::{BodyExt, Either, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sources::proxy::{ProxyConfig, ProxySource};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Body frames fed from a channel, for a streaming upstream.
+struct Frames(mpsc::Receiver<Bytes>);
+
+impl futures::Stream for Frames {
+    type Item = Result<Frame<Bytes>, Infallible>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+type UpstreamBody = Either<Full<Bytes>, StreamBody<Frames>>;
+
+fn json(value: serde_json::Value) -> Response<UpstreamBody> {
+    let mut response = Response::new(Either::Left(Full::new(Bytes::from(value.to_string()))));
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    response
+}
+
+fn sse(frames: &'static [&'static str]) -> Response<UpstreamBody> {
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        for (i, frame) in frames.iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            if tx
+                .send(Bytes::from(format!("data: {frame}\n\n")))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+    });
+    let mut response = Response::new(Either::Right(StreamBody::new(Frames(rx))));
+    response
+        .headers_mut()
+        .insert("content-type", "text/event-stream".parse().unwrap());
+    response
+}
+
+const STREAM: &[&str] = &[
+    r#"{"choices":[{"index":0,"delta":{"role":"assistant"}}]}"#,
+    r#"{"choices":[{"index":0,"delta":{"content":"Hel"}}]}"#,
+    r#"{"choices":[{"index":0,"delta":{"content":"lo"}}]}"#,
+    r#"{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":2}}"#,
+];
+
+async fn upstream_handler(
+    request: Request<Incoming>,
+) -> Result<Response<UpstreamBody>, Infallible> {
+    let path = request.uri().path().to_string();
+    let headers: serde_json::Map<String, serde_json::Value> = request
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                serde_json::Value::String(v.to_str().unwrap_or("").to_string()),
+            )
+        })
+        .collect();
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let response = match path.as_str() {
+        "/v1/chat/completions" => {
+            let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            if request["stream"] == true {
+                sse(STREAM)
+            } else {
+                json(
+                    serde_json::json!({"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 12, "completion_tokens": 34}}),
+                )
+            }
+        }
+        "/headers" => json(serde_json::Value::Object(headers)),
+        "/slow" => {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            json(serde_json::json!({}))
+        }
+        "/error" => {
+            let mut response = json(serde_json::json!({"error": "overloaded"}));
+            *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+            response
+        }
+        _ => json(serde_json::json!({"outputs": [], "path": path})),
+    };
+    Ok(response)
+}
+
+async fn start_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service_fn(upstream_handler))
+                    .await;
+            });
+        }
+    });
+    address
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Proxy {
+    url: String,
+    admin: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<engine::component::ComponentResult>,
+    events: mpsc::Receiver<Message>,
+    metrics: Arc<ComponentMetrics>,
+}
+
+impl Proxy {
+    async fn start(upstream: &str, extra: &str, channel_capacity: usize) -> Proxy {
+        let (port, admin_port) = (free_port(), free_port());
+        let config: ProxyConfig = toml::from_str(&format!(
+            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nupstream = \"{upstream}\"\nlinger = \"20ms\"\n{extra}"
+        ))
+        .unwrap();
+        let metrics = ComponentMetrics::new();
+        let mut output = Output::detached(1, metrics.clone());
+        let events = output.connect(0, channel_capacity, ComponentMetrics::new());
+        let shutdown = CancellationToken::new();
+        let (_barrier_tx, barriers) = mpsc::channel(1);
+        let context = SourceContext {
+            id: "proxy".into(),
+            output,
+            barriers,
+            completed_checkpoints: watch::channel(0).1,
+            shutdown: shutdown.clone(),
+            metrics: metrics.clone(),
+        };
+        let task = tokio::spawn(Box::new(ProxySource::new(config)).run(context));
+        let admin = format!("http://127.0.0.1:{admin_port}");
+        for _ in 0..100 {
+            if reqwest::get(format!("{admin}/health"))
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Proxy {
+            url: format!("http://127.0.0.1:{port}"),
+            admin,
+            shutdown,
+            task,
+            events,
+            metrics,
+        }
+    }
+
+    async fn stop(mut self) -> Vec<ApiCall> {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+        let mut calls = Vec::new();
+        while let Ok(message) = self.events.try_recv() {
+            if let Message::Data(batch) = message {
+                calls.extend(batch_to_api_calls(&batch).unwrap());
+            }
+        }
+        calls
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+#[tokio::test]
+async fn calls_are_forwarded_streamed_and_measured() {
+    let upstream = start_upstream().await;
+    let proxy = Proxy::start(&format!("http://{upstream}"), "", 64).await;
+    let client = client();
+
+    let plain = client
+        .post(format!("{}/v1/chat/completions", proxy.url))
+        .body(r#"{"model": "gpt-4o", "messages": []}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 200);
+    assert!(plain
+        .text()
+        .await
+        .unwrap()
+        .contains("\"completion_tokens\":34"));
+
+    // The stream passes through as it is produced: the first content chunk arrives well before
+    // the end of the stream.
+    let started = Instant::now();
+    let mut stream = client
+        .post(format!("{}/v1/chat/completions", proxy.url))
+        .body(r#"{"stream": true, "model": "llama-3-70b"}"#)
+        .send()
+        .await
+        .unwrap();
+    let mut first_content = None;
+    let mut text = String::new();
+    while let Some(chunk) = stream.chunk().await.unwrap() {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        if first_content.is_none() && text.contains("Hel") {
+            first_content = Some(started.elapsed());
+        }
+    }
+    let total = started.elapsed();
+    let first_content = first_content.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(
+        total - first_content >= Duration::from_millis(250),
+        "first token at {first_content:?}, end at {total:?}"
+    );
+
+    let infer = client
+        .post(format!(
+            "{}/v2/models/resnet-50/versions/2/infer",
+            proxy.url
+        ))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(infer.status(), 200);
+    let health: serde_json::Value = reqwest::get(format!("{}/health", proxy.admin))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+
+    let calls = proxy.stop().await;
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    let chat = calls
+        .iter()
+        .find(|c| c.model.as_deref() == Some("gpt-4o"))
+        .unwrap();
+    assert_eq!(chat.endpoint.as_deref(), Some("/v1/chat/completions"));
+    assert_eq!((chat.status_code, chat.outcome), (Some(200), Outcome::Ok));
+    assert_eq!(
+        (chat.input_tokens, chat.output_tokens),
+        (Some(12), Some(34))
+    );
+    assert_eq!(chat.request_bytes, Some(35));
+    assert!(chat.ttfb_ms.unwrap() <= chat.latency_ms);
+    let streamed = calls
+        .iter()
+        .find(|c| c.model.as_deref() == Some("llama-3-70b"))
+        .unwrap();
+    let ttft = streamed.ttft_ms.unwrap();
+    assert!((140.0..400.0).contains(&ttft), "ttft {ttft}");
+    assert!(
+        streamed.latency_ms >= 440.0,
+        "latency {}",
+        streamed.latency_ms
+    );
+    assert_eq!(
+        (
+            streamed.input_tokens,
+            streamed.output_tokens,
+            streamed.output_tokens_estimated
+        ),
+        (Some(9), Some(2), Some(false))
+    );
+    let infer = calls
+        .iter()
+        .find(|c| c.model.as_deref() == Some("resnet-50"))
+        .unwrap();
+    assert_eq!(
+        infer.endpoint.as_deref(),
+        Some("/v2/models/{model}/versions/{version}/infer")
+    );
+    let authority = upstream.to_string();
+    assert!(calls
+        .iter()
+        .all(|c| c.upstream.as_deref() == Some(authority.as_str())));
+}
+
+#[tokio::test]
+async fn headers_follow_rfc_9110_and_carry_forwarding_information() {
+    let upstream = start_upstream().await;
+    let proxy = Proxy::start(
+        &format!("http://{upstream}"),
+        "overhead_header = \"x-proxy-overhead-ms\"",
+        64,
+    )
+    .await;
+    let response = client()
+        .get(format!("{}/headers", proxy.url))
+        .header("connection", "x-hop")
+        .header("x-hop", "1")
+        .header("x-request-id", "req-42")
+        .header("authorization", "Bearer secret")
+        .send()
+        .await
+        .unwrap();
+    let overhead: f64 = response.headers()["x-proxy-overhead-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((0.0..50.0).contains(&overhead), "overhead {overhead} ms");
+    let seen: serde_json::Value = response.json().await.unwrap();
+    assert!(seen.get("x-hop").is_none(), "{seen}");
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["host"], upstream.to_string());
+    assert_eq!(seen["x-request-id"], "req-42");
+    assert_eq!(seen["authorization"], "Bearer secret");
+    let calls = proxy.stop().await;
+    assert_eq!(calls[0].request_id, "req-42");
+}
+
+#[tokio::test]
+async fn errors_timeouts_and_unreachable_upstreams_are_answered_and_recorded() {
+    let upstream = start_upstream().await;
+    let proxy = Proxy::start(
+        &format!("http://{upstream}"),
+        "response_timeout = \"300ms\"",
+        64,
+    )
+    .await;
+    let client = client();
+    let error = client
+        .get(format!("{}/error", proxy.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error.status(), 503);
+    let slow = client
+        .get(format!("{}/slow", proxy.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(slow.status(), 504);
+    let body: serde_json::Value = slow.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "timeout");
+    let calls = proxy.stop().await;
+    let outcomes: Vec<(Option<u16>, Outcome)> =
+        calls.iter().map(|c| (c.status_code, c.outcome)).collect();
+    assert!(
+        outcomes.contains(&(Some(503), Outcome::ServerError)),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.contains(&(Some(504), Outcome::Timeout)),
+        "{outcomes:?}"
+    );
+
+    let closed = free_port();
+    let proxy = Proxy::start(&format!("http://127.0.0.1:{closed}"), "", 64).await;
+    // The body is never read when the upstream cannot be reached, so the model comes from the
+    // path (or a configured header) here.
+    let response = client
+        .post(format!("{}/v2/models/m/infer", proxy.url))
+        .body(r#"{"inputs":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "upstream_unreachable");
+    let calls = proxy.stop().await;
+    assert_eq!(calls[0].outcome, Outcome::UpstreamUnreachable);
+    assert_eq!(calls[0].model.as_deref(), Some("m"));
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_mid_stream_is_recorded_as_an_abort() {
+    let upstream = start_upstream().await;
+    let proxy = Proxy::start(&format!("http://{upstream}"), "", 64).await;
+    let mut response = client()
+        .post(format!("{}/v1/chat/completions", proxy.url))
+        .body(r#"{"stream": true, "model": "m"}"#)
+        .send()
+        .await
+        .unwrap();
+    response.chunk().await.unwrap();
+    drop(response);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let calls = proxy.stop().await;
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].outcome, Outcome::ClientAbort);
+}
+
+#[tokio::test]
+async fn calls_succeed_when_the_pipeline_behind_the_proxy_is_stuck() {
+    let upstream = start_upstream().await;
+    // Nobody reads the proxy's output (capacity 1) and its queue holds 2 events.
+    let proxy = Proxy::start(
+        &format!("http://{upstream}"),
+        "queue_capacity = 2\nbatch_size = 1",
+        1,
+    )
+    .await;
+    let client = client();
+    let started = Instant::now();
+    for _ in 0..50 {
+        let response = client
+            .post(format!("{}/v1/chat/completions", proxy.url))
+            .body(r#"{"model":"m"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "calls were slowed: {:?}",
+        started.elapsed()
+    );
+    let dropped = proxy.metrics.snapshot().dropped;
+    assert!(dropped >= 40, "only {dropped} events dropped");
+    // The source is blocked on its full output; the test ends without waiting for it.
+    proxy.shutdown.cancel();
+}
