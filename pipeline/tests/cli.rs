@@ -178,18 +178,25 @@ fn a_bad_query_prints_datafusions_message_and_exits_non_zero() {
 fn the_demo_runs_and_its_history_answers_sql() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
+    let free = || {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+            .to_string()
+    };
+    let (api, proxy, admin) = (free(), free(), free());
     let output = pipeline(&[
         "demo",
         "--duration",
         "12s",
         "--api-port",
-        &port,
+        &api,
+        "--proxy-port",
+        &proxy,
+        "--proxy-admin-port",
+        &admin,
         "--rate",
         "40",
         "--no-incidents",

@@ -1,6 +1,7 @@
 //! `pipeline demo`: the whole system in one process with no services — a simulated model API,
-//! real HTTP traffic against it, 10 s and 1 min windows with percentiles, a live console view,
-//! and Parquet history under `--data` for `pipeline query` afterwards.
+//! the intercepting proxy in front of it, real HTTP traffic through the proxy, 10 s and 1 min
+//! windows with percentiles, a live console view, and Parquet history under `--data` for
+//! `pipeline query` afterwards.
 
 pub mod incidents;
 pub mod model_api;
@@ -16,7 +17,6 @@ use anyhow::Context;
 use engine::runtime::build_from_text;
 use sources::generator::LatencyDistribution;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use incidents::DemoIncident;
@@ -37,6 +37,12 @@ pub struct DemoOptions {
     /// Port of the simulated model API (on 127.0.0.1).
     #[arg(long, default_value_t = 8002)]
     pub api_port: u16,
+    /// Port of the intercepting proxy the traffic goes through (on 127.0.0.1).
+    #[arg(long, default_value_t = 9090)]
+    pub proxy_port: u16,
+    /// Port of the proxy's admin endpoint (`/health`, on 127.0.0.1).
+    #[arg(long, default_value_t = 9091)]
+    pub proxy_admin_port: u16,
     /// Calls per second sent to the simulated model API.
     #[arg(long, default_value_t = 50.0)]
     pub rate: f64,
@@ -56,6 +62,26 @@ pub struct DemoOptions {
     /// Inject no incidents.
     #[arg(long, conflicts_with = "incidents")]
     pub no_incidents: bool,
+}
+
+/// Waits until the proxy answers its health check (or the pipeline has already stopped).
+async fn wait_for_proxy<T>(health: &str, run: &tokio::task::JoinHandle<T>) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    for _ in 0..200 {
+        if run.is_finished() {
+            anyhow::bail!("the pipeline stopped before the proxy came up (is port in use? see the error above)");
+        }
+        if client
+            .get(health)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    anyhow::bail!("the proxy did not answer {health} within 5 s")
 }
 
 pub async fn run(options: DemoOptions) -> anyhow::Result<ExitCode> {
@@ -85,16 +111,26 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {address} for the simulated model API (is the port in use? pass --api-port)"))?;
     let started = Instant::now();
 
-    let (events_tx, events_rx) = mpsc::channel(65_536);
-    let mut registry = crate::components::registry();
-    sources::channel::register(&mut registry, "demo_traffic", events_rx);
+    let registry = crate::components::registry();
     let data = options.data.clone();
+    let ports = [
+        ("DEMO_API_PORT", options.api_port.to_string()),
+        ("DEMO_PROXY_PORT", options.proxy_port.to_string()),
+        (
+            "DEMO_PROXY_ADMIN_PORT",
+            options.proxy_admin_port.to_string(),
+        ),
+    ];
     let pipeline = build_from_text(
         "demo.toml",
         DEMO_PIPELINE,
         |name| match name {
             "DEMO_DATA" => Some(data.clone()),
-            _ => std::env::var(name).ok(),
+            _ => ports
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.clone())
+                .or_else(|| std::env::var(name).ok()),
         },
         &registry,
     )
@@ -130,26 +166,34 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<ExitCode> {
             humantime::format_duration(incident.duration)
         );
     }
+    let proxy_address = SocketAddr::from(([127, 0, 0, 1], options.proxy_port));
     let stats = Arc::new(TrafficStats::default());
+    let traffic_config = TrafficConfig {
+        rate: options.rate,
+        base_url: format!("http://{proxy_address}"),
+        incidents,
+        started,
+    };
+    tracing::info!(rate = options.rate, data = %options.data, "demo running; 10-second windows print below (Ctrl-C to stop)");
+
+    // Shutdown order: the signal stops the traffic and calls in flight finish; then the proxy
+    // stops (after its last events), and the pipeline drains and flushes every window and sink.
+    let pipeline_stop = CancellationToken::new();
+    let metrics = pipeline.metrics();
+    let run = tokio::spawn(pipeline.run(pipeline_stop.clone()));
+    wait_for_proxy(
+        &format!("http://127.0.0.1:{}/health", options.proxy_admin_port),
+        &run,
+    )
+    .await?;
+    tracing::info!(%proxy_address, "traffic goes through the proxy");
     let traffic = tokio::spawn(traffic::drive(
-        TrafficConfig {
-            rate: options.rate,
-            base_url: format!("http://{address}"),
-            incidents,
-            started,
-        },
-        events_tx,
+        traffic_config,
         stats.clone(),
         shutdown.clone(),
     ));
-    tracing::info!(rate = options.rate, data = %options.data, "demo running; 10-second windows print below (Ctrl-C to stop)");
-
-    // Shutdown order: the signal stops the traffic; calls in flight finish and hand over their
-    // events; the traffic task then drops the last sender, which ends the channel source, and
-    // the pipeline drains and flushes every window and sink.
-    let pipeline_stop = CancellationToken::new();
-    let run = tokio::spawn(pipeline.run(pipeline_stop.clone()));
     let _ = traffic.await;
+    pipeline_stop.cancel();
     let result = match tokio::time::timeout(Duration::from_secs(30), run).await {
         Ok(joined) => joined.context("the pipeline task panicked")?,
         Err(_) => {
@@ -160,11 +204,12 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<ExitCode> {
     api_stop.cancel();
     let _ = api.await;
     let sent = stats.sent.load(Ordering::Relaxed);
-    let dropped = stats.dropped_events.load(Ordering::Relaxed);
+    let failed = stats.failed.load(Ordering::Relaxed);
+    let dropped = metrics.get("traffic").map_or(0, |m| m.snapshot().dropped);
     match result {
         Ok(report) => {
             crate::commands::print_report("demo", &report);
-            eprintln!("traffic: {sent} calls sent, {dropped} events dropped by a full queue");
+            eprintln!("traffic: {sent} calls sent through the proxy ({failed} failed at the client), {dropped} events dropped by a full queue");
             eprintln!("history is in {}; try:", options.data);
             eprintln!(
                 "  cargo run --release -p pipeline -- query --data {} \"SELECT model, endpoint, count(*) AS calls, avg(latency_ms) AS mean_ms FROM api_calls GROUP BY model, endpoint ORDER BY calls DESC\"",
