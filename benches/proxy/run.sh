@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Proxy overhead benchmark: wrk against the same fast upstream (nginx returning a fixed
+# OpenAI-style JSON body) directly, through nginx `proxy_pass`, and through the pipeline's proxy
+# source (feeding windows and a null sink), in one run on this machine.
+#
+#   benches/proxy/run.sh [duration=15s] [connections=64]
+#
+# Needs: wrk and nginx (Debian: apt-get install wrk nginx-light), and a release build
+# (cargo build --release -p pipeline). Everything listens on 127.0.0.1 only.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+duration="${1:-15s}"
+connections="${2:-64}"
+target="${CARGO_TARGET_DIR:-$HOME/.cache/pipeline-target}"
+pipeline="$target/release/pipeline"
+[ -x "$pipeline" ] || { echo "build first: cargo build --release -p pipeline" >&2; exit 1; }
+command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { echo "nginx is missing: apt-get install nginx-light" >&2; exit 1; }
+nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
+
+work="$(mktemp -d)"
+cleanup() {
+  [ -n "${proxy_pid:-}" ] && kill "$proxy_pid" 2>/dev/null && wait "$proxy_pid" 2>/dev/null || true
+  "$nginx_bin" -p "$work" -c "$work/nginx.conf" -s quit 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cat > "$work/nginx.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream model_api { server 127.0.0.1:18002; keepalive 256; }
+  server {
+    listen 127.0.0.1:18002 reuseport;
+    location / {
+      default_type application/json;
+      return 200 '{"id":"x","object":"chat.completion","model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}';
+    }
+  }
+  server {
+    listen 127.0.0.1:18080 reuseport;
+    location / {
+      proxy_pass http://model_api;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+NGINX
+"$nginx_bin" -p "$work" -c "$work/nginx.conf"
+
+cat > "$work/pipelines.toml" <<TOML
+[sources.calls]
+type = "proxy"
+listen = "127.0.0.1:19090"
+admin_listen = "127.0.0.1:19091"
+upstream = "http://127.0.0.1:18002"
+
+[operators.per_10s]
+type = "window"
+inputs = ["calls"]
+size = "10s"
+
+[sinks.out]
+type = "null"
+inputs = ["per_10s"]
+TOML
+"$pipeline" run --config "$work/pipelines.toml" > "$work/pipeline.out" 2> "$work/pipeline.err" &
+proxy_pid=$!
+for _ in $(seq 100); do
+  curl -sf http://127.0.0.1:19091/health >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+cat > "$work/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+
+run() {
+  local name="$1" url="$2"
+  wrk -t1 -c"$connections" -d"$duration" --latency -s "$work/post.lua" "$url" > "$work/$name.txt"
+  local rps p50 p99
+  rps=$(awk '/Requests\/sec/ {print $2}' "$work/$name.txt")
+  p50=$(awk '$1=="50%" {print $2}' "$work/$name.txt")
+  p99=$(awk '$1=="99%" {print $2}' "$work/$name.txt")
+  printf '| %-34s | %12s | %10s | %10s |\n' "$name" "$rps" "$p50" "$p99"
+}
+
+echo "wrk -t1 -c$connections -d$duration, POST JSON, on $(nproc) cores"
+printf '| %-34s | %12s | %10s | %10s |\n' "path" "requests/s" "p50" "p99"
+printf '|%s|%s|%s|%s|\n' "------------------------------------" "--------------" "------------" "------------"
+run "direct (nginx upstream)" "http://127.0.0.1:18002/v1/chat/completions"
+run "nginx proxy_pass" "http://127.0.0.1:18080/v1/chat/completions"
+run "pipeline proxy (events -> window)" "http://127.0.0.1:19090/v1/chat/completions"
+health=$(curl -s http://127.0.0.1:19091/health)
+echo "pipeline proxy /health after the run: $health"
