@@ -78,9 +78,36 @@ const STREAM: &[&str] = &[
 ];
 
 async fn upstream_handler(
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
 ) -> Result<Response<UpstreamBody>, Infallible> {
     let path = request.uri().path().to_string();
+    if path == "/ws" {
+        let upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let mut io = TokioIo::new(upgraded);
+                let mut buffer = [0u8; 64];
+                while let Ok(n) = tokio::io::AsyncReadExt::read(&mut io, &mut buffer).await {
+                    if n == 0
+                        || tokio::io::AsyncWriteExt::write_all(&mut io, &buffer[..n])
+                            .await
+                            .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut response = Response::new(Either::Left(Full::new(Bytes::new())));
+        *response.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+        response
+            .headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
+        response
+            .headers_mut()
+            .insert("upgrade", "websocket".parse().unwrap());
+        return Ok(response);
+    }
     let headers: serde_json::Map<String, serde_json::Value> = request
         .headers()
         .iter()
@@ -133,7 +160,10 @@ async fn start_upstream() -> SocketAddr {
             };
             tokio::spawn(async move {
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service_fn(upstream_handler))
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(stream),
+                        service_fn(upstream_handler),
+                    )
                     .await;
             });
         }
@@ -462,4 +492,66 @@ async fn calls_succeed_when_the_pipeline_behind_the_proxy_is_stuck() {
     assert!(dropped >= 40, "only {dropped} events dropped");
     // The source is blocked on its full output; the test ends without waiting for it.
     proxy.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn http2_cleartext_clients_are_served() {
+    let upstream = start_upstream().await;
+    let proxy = Proxy::start(&format!("http://{upstream}"), "", 64).await;
+    let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let request = Request::post(format!("{}/v1/chat/completions", proxy.url))
+        .body(Full::new(Bytes::from_static(br#"{"model": "gpt-4o"}"#)))
+        .unwrap();
+    let response = h2.request(request).await.unwrap();
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("completion_tokens"));
+    let calls = proxy.stop().await;
+    assert_eq!(calls[0].model.as_deref(), Some("gpt-4o"));
+}
+
+#[tokio::test]
+async fn websocket_upgrades_pass_through_or_are_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = start_upstream().await;
+    let proxy = Proxy::start(&format!("http://{upstream}"), "", 64).await;
+    let address = proxy.url.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    stream.write_all(b"ping-through-proxy").await.unwrap();
+    let mut echoed = [0u8; 18];
+    stream.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"ping-through-proxy");
+    drop(stream);
+    let calls = proxy.stop().await;
+    assert_eq!(calls[0].status_code, Some(101));
+
+    let refusing = Proxy::start(&format!("http://{upstream}"), "websocket = \"refuse\"", 64).await;
+    let response = client()
+        .get(format!("{}/ws", refusing.url))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 501);
+    refusing.stop().await;
 }
