@@ -1,10 +1,12 @@
 //! Sinks: `console` (a readable table or JSON lines), `parquet` (partitioned files on a local
-//! directory or S3-compatible object storage), and `null` (discards, for benchmarks). Each
+//! directory or S3-compatible object storage), `redis` (live window state, series and pub/sub),
+//! and `null` (discards, for benchmarks). Each
 //! module registers itself in [`register`].
 
 pub mod console;
 pub mod null;
 pub mod parquet;
+pub mod redis;
 
 use engine::registry::Registry;
 
@@ -13,4 +15,5 @@ pub fn register(registry: &mut Registry) {
     registry.add_sink("console", console::build);
     registry.add_sink("parquet", parquet::build);
     registry.add_sink("null", null::build);
+    registry.add_sink("redis", redis::build);
 }

@@ -1,0 +1,254 @@
+//! `redis`: live state for API servers that run apart from the pipeline. For every window
+//! result row it keeps, in one pipelined round trip per batch:
+//!
+//! - `{prefix}:latest:{window}:{key}` — a hash with the row's fields (the latest window of that
+//!   key), expiring after `ttl`;
+//! - `{prefix}:series:{window}:{key}` — a sorted set of the recent rows as JSON, scored by
+//!   `window_start` in milliseconds, trimmed to the newest `series_length`, expiring after `ttl`;
+//! - `{prefix}:keys:{window}` — a set of the keys seen, expiring after `ttl`;
+//! - a PUBLISH of each row as JSON on `{prefix}:windows` for live consumers.
+//!
+//! `{key}` is the row's key columns joined with `|` (an absent value is empty). A later revision
+//! of a window replaces the earlier one in the series (same score, removed before adding).
+//! The connection manager reconnects by itself; a failed batch is retried with backoff.
+
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use engine::component::{ComponentError, ComponentResult, Sink};
+use engine::config::ConfigError;
+use engine::registry::BuildContext;
+use engine::schema::window_metrics::{WINDOW, WINDOW_END, WINDOW_START};
+use engine::time::{format_micros, ConfigDuration};
+use redis::aio::ConnectionManager;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    #[serde(default = "default_url")]
+    pub url: String,
+    #[serde(default = "default_prefix")]
+    pub key_prefix: String,
+    #[serde(default = "default_ttl")]
+    pub ttl: ConfigDuration,
+    #[serde(default = "default_series_length")]
+    pub series_length: usize,
+    /// Publish every row on `{prefix}:windows`.
+    #[serde(default = "default_publish")]
+    pub publish: bool,
+}
+
+fn default_url() -> String {
+    "redis://127.0.0.1:6379".to_string()
+}
+fn default_prefix() -> String {
+    "pipeline".to_string()
+}
+fn default_ttl() -> ConfigDuration {
+    ConfigDuration::from_secs(3600)
+}
+fn default_series_length() -> usize {
+    360
+}
+fn default_publish() -> bool {
+    true
+}
+
+/// The columns that form a row's key: everything between `window_end` and `count`.
+fn key_columns(schema: &SchemaRef) -> Vec<usize> {
+    let start = schema.index_of(WINDOW_END).map(|i| i + 1).unwrap_or(0);
+    let end = schema.index_of("count").unwrap_or(start);
+    (start..end).collect()
+}
+
+pub fn build(ctx: &BuildContext<'_, '_>) -> Result<Box<dyn Sink>, ConfigError> {
+    let config: RedisConfig = ctx.spec.settings()?;
+    let schema = ctx.input_schema()?;
+    for field in [WINDOW, WINDOW_START, WINDOW_END] {
+        if schema.index_of(field).is_err() {
+            return Err(ctx.spec.error_at_input(
+                0,
+                format!("the redis sink keeps window results; the input has no `{field}` (connect it to a window operator)"),
+            ));
+        }
+    }
+    if config.series_length == 0 {
+        return Err(ctx
+            .spec
+            .error_at_key("series_length", "`series_length` must be at least 1"));
+    }
+    redis::Client::open(config.url.as_str()).map_err(|e| {
+        ctx.spec
+            .error_at_key("url", format!("invalid Redis URL: {e}"))
+    })?;
+    Ok(Box::new(RedisSink {
+        keys: key_columns(&schema),
+        config,
+        connection: None,
+    }))
+}
+
+pub struct RedisSink {
+    config: RedisConfig,
+    keys: Vec<usize>,
+    connection: Option<ConnectionManager>,
+}
+
+/// One cell as JSON (timestamps as RFC 3339, floats as numbers, nulls as null).
+fn cell(column: &dyn Array, row: usize) -> Value {
+    if column.is_null(row) {
+        return Value::Null;
+    }
+    match column.data_type() {
+        DataType::Utf8 => Value::from(column.as_string::<i32>().value(row)),
+        DataType::Utf8View => Value::from(column.as_string_view().value(row)),
+        DataType::Float64 => {
+            let v = column
+                .as_primitive::<arrow::datatypes::Float64Type>()
+                .value(row);
+            serde_json::Number::from_f64(v)
+                .map(Value::Number)
+                .unwrap_or(Value::Null)
+        }
+        DataType::UInt64 => Value::from(
+            column
+                .as_primitive::<arrow::datatypes::UInt64Type>()
+                .value(row),
+        ),
+        DataType::UInt32 => Value::from(
+            column
+                .as_primitive::<arrow::datatypes::UInt32Type>()
+                .value(row),
+        ),
+        DataType::Int64 => Value::from(
+            column
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(row),
+        ),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => Value::from(format_micros(
+            column
+                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                .value(row),
+        )),
+        other => Value::from(format!("<{other}>")),
+    }
+}
+
+impl RedisSink {
+    async fn connection(&mut self) -> ComponentResult<ConnectionManager> {
+        if let Some(connection) = &self.connection {
+            return Ok(connection.clone());
+        }
+        let client = redis::Client::open(self.config.url.as_str())
+            .map_err(|e| ComponentError::other(format!("redis: {e}")))?;
+        let connection = ConnectionManager::new(client).await.map_err(|e| {
+            ComponentError::other(format!(
+                "cannot connect to Redis at {}: {e}",
+                self.config.url
+            ))
+        })?;
+        self.connection = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// The pipelined commands for one batch.
+    pub fn commands(&self, batch: &RecordBatch) -> ComponentResult<redis::Pipeline> {
+        let schema = batch.schema();
+        let window = batch
+            .column_by_name(WINDOW)
+            .ok_or_else(|| ComponentError::other("no window column"))?;
+        let start = batch
+            .column_by_name(WINDOW_START)
+            .and_then(|c| c.as_primitive_opt::<arrow::datatypes::TimestampMicrosecondType>())
+            .ok_or_else(|| ComponentError::other("no window_start column"))?;
+        let prefix = &self.config.key_prefix;
+        let ttl = self.config.ttl.0.as_secs().max(1) as i64;
+        let keep = self.config.series_length as isize;
+        let mut pipe = redis::pipe();
+        for row in 0..batch.num_rows() {
+            let mut object = Map::new();
+            for (field, column) in schema.fields().iter().zip(batch.columns()) {
+                object.insert(field.name().clone(), cell(column.as_ref(), row));
+            }
+            let key: Vec<String> = self
+                .keys
+                .iter()
+                .map(|&i| match cell(batch.column(i).as_ref(), row) {
+                    Value::String(s) => s,
+                    Value::Null => String::new(),
+                    other => other.to_string(),
+                })
+                .collect();
+            let key = key.join("|");
+            let window_name = match cell(window.as_ref(), row) {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            let latest = format!("{prefix}:latest:{window_name}:{key}");
+            let series = format!("{prefix}:series:{window_name}:{key}");
+            let index = format!("{prefix}:keys:{window_name}");
+            let fields: Vec<(String, String)> = object
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        match v {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        },
+                    )
+                })
+                .collect();
+            let json = Value::Object(object).to_string();
+            let score = start.value(row) / 1000;
+            pipe.del(&latest).ignore();
+            pipe.hset_multiple(&latest, &fields).ignore();
+            pipe.expire(&latest, ttl).ignore();
+            pipe.zrembyscore(&series, score, score).ignore();
+            pipe.zadd(&series, &json, score).ignore();
+            pipe.zremrangebyrank(&series, 0, -(keep + 1)).ignore();
+            pipe.expire(&series, ttl).ignore();
+            pipe.sadd(&index, &key).ignore();
+            pipe.expire(&index, ttl).ignore();
+            if self.config.publish {
+                pipe.publish(format!("{prefix}:windows"), &json).ignore();
+            }
+        }
+        Ok(pipe)
+    }
+}
+
+#[async_trait]
+impl Sink for RedisSink {
+    async fn write(&mut self, batch: RecordBatch) -> ComponentResult {
+        let pipe = self.commands(&batch)?;
+        let mut attempt = 0u32;
+        loop {
+            let mut connection = self.connection().await?;
+            match pipe.query_async::<()>(&mut connection).await {
+                Ok(()) => return Ok(()),
+                Err(error) if attempt < 8 => {
+                    attempt += 1;
+                    let backoff = Duration::from_millis(50 * (1 << attempt.min(6)));
+                    tracing::warn!(%error, attempt, "writing to Redis failed; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                }
+                Err(error) => {
+                    return Err(ComponentError::other(format!(
+                        "writing to Redis at {} failed: {error}",
+                        self.config.url
+                    )))
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> ComponentResult {
+        Ok(())
+    }
+}
