@@ -32,6 +32,26 @@ fn the_repository_pipelines_toml_is_valid() {
 }
 
 #[test]
+fn every_example_config_is_valid() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let output = pipeline(&["validate", path.to_str().unwrap()]);
+            assert!(
+                output.status.success(),
+                "{}: {}",
+                path.display(),
+                stderr(&output)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1);
+}
+
+#[test]
 fn every_component_error_is_reported_with_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(

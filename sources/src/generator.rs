@@ -429,6 +429,7 @@ impl Generator {
             input_tokens: ok.then_some(input_tokens),
             output_tokens: ok.then_some(output_tokens),
             output_tokens_estimated: None,
+            output_tokens_per_second: None,
             client_id: None,
             upstream: Some("generator".to_string()),
             labels: Default::default(),

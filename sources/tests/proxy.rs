@@ -136,6 +136,19 @@ async fn upstream_handler(
             }
         }
         "/headers" => json(serde_json::Value::Object(headers)),
+        "/echo" => Response::new(Either::Left(Full::new(body))),
+        "/blob" => {
+            // 8 MiB in 1 MiB chunks, sent chunked.
+            let (tx, rx) = mpsc::channel(2);
+            tokio::spawn(async move {
+                for part in 0..8u64 {
+                    if tx.send(Bytes::from(blob_part(part))).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Response::new(Either::Right(StreamBody::new(Frames(rx))))
+        }
         "/slow" => {
             tokio::time::sleep(Duration::from_secs(2)).await;
             json(serde_json::json!({}))
@@ -148,6 +161,19 @@ async fn upstream_handler(
         _ => json(serde_json::json!({"outputs": [], "path": path})),
     };
     Ok(response)
+}
+
+/// Deterministic, incompressible-looking bytes for part `part` of the blob.
+fn blob_part(part: u64) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ part;
+    (0..1 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
 }
 
 async fn start_upstream() -> SocketAddr {
@@ -341,6 +367,9 @@ async fn calls_are_forwarded_streamed_and_measured() {
         ),
         (Some(9), Some(2), Some(false))
     );
+    // Two tokens over the ~300 ms after the first one.
+    let rate = streamed.output_tokens_per_second.unwrap();
+    assert!((2.0..10.0).contains(&rate), "tokens/s {rate}");
     let infer = calls
         .iter()
         .find(|c| c.model.as_deref() == Some("resnet-50"))
@@ -554,4 +583,55 @@ async fn websocket_upgrades_pass_through_or_are_refused() {
         .unwrap();
     assert_eq!(response.status(), 501);
     refusing.stop().await;
+}
+
+#[tokio::test]
+async fn large_bodies_pass_through_byte_for_byte_in_both_directions() {
+    let upstream = start_upstream().await;
+    let proxy = Proxy::start(&format!("http://{upstream}"), "", 64).await;
+    let client = client();
+    let downloaded = client
+        .get(format!("{}/blob", proxy.url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let expected: Vec<u8> = (0..8).flat_map(blob_part).collect();
+    assert_eq!(downloaded.len(), expected.len());
+    assert!(
+        downloaded.as_ref() == expected.as_slice(),
+        "the downloaded body differs"
+    );
+
+    let upload: Vec<u8> = (0..4).flat_map(blob_part).collect();
+    let echoed = client
+        .post(format!("{}/echo", proxy.url))
+        .body(upload.clone())
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(
+        echoed.as_ref() == upload.as_slice(),
+        "the echoed body differs"
+    );
+
+    let calls = proxy.stop().await;
+    let blob = calls
+        .iter()
+        .find(|c| c.endpoint.as_deref() == Some("/blob"))
+        .unwrap();
+    assert_eq!(blob.response_bytes, Some(8 << 20));
+    let echo = calls
+        .iter()
+        .find(|c| c.endpoint.as_deref() == Some("/echo"))
+        .unwrap();
+    assert_eq!(
+        (echo.request_bytes, echo.response_bytes),
+        (Some(4 << 20), Some(4 << 20))
+    );
 }

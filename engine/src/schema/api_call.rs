@@ -33,6 +33,7 @@ pub const RESPONSE_BYTES: &str = "response_bytes";
 pub const INPUT_TOKENS: &str = "input_tokens";
 pub const OUTPUT_TOKENS: &str = "output_tokens";
 pub const OUTPUT_TOKENS_ESTIMATED: &str = "output_tokens_estimated";
+pub const OUTPUT_TOKENS_PER_SECOND: &str = "output_tokens_per_second";
 pub const CLIENT_ID: &str = "client_id";
 pub const UPSTREAM: &str = "upstream";
 pub const LABELS: &str = "labels";
@@ -71,6 +72,7 @@ pub fn api_call_schema() -> SchemaRef {
                 Field::new(INPUT_TOKENS, DataType::UInt32, true),
                 Field::new(OUTPUT_TOKENS, DataType::UInt32, true),
                 Field::new(OUTPUT_TOKENS_ESTIMATED, DataType::Boolean, true),
+                Field::new(OUTPUT_TOKENS_PER_SECOND, DataType::Float64, true),
                 Field::new(CLIENT_ID, DataType::Utf8, true),
                 Field::new(UPSTREAM, DataType::Utf8, true),
                 Field::new(LABELS, labels_type(), true),
@@ -192,6 +194,9 @@ pub struct ApiCall {
     pub output_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_tokens_estimated: Option<bool>,
+    /// Output tokens per second of generation (after the first token when streaming).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens_per_second: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
     #[serde(
@@ -243,6 +248,7 @@ pub struct ApiCallBatchBuilder {
     input_tokens: UInt32Builder,
     output_tokens: UInt32Builder,
     output_tokens_estimated: BooleanBuilder,
+    output_tokens_per_second: Float64Builder,
     client_id: StringBuilder,
     upstream: StringBuilder,
     labels: MapBuilder<StringBuilder, StringBuilder>,
@@ -273,6 +279,7 @@ impl ApiCallBatchBuilder {
             input_tokens: UInt32Builder::with_capacity(rows),
             output_tokens: UInt32Builder::with_capacity(rows),
             output_tokens_estimated: BooleanBuilder::with_capacity(rows),
+            output_tokens_per_second: Float64Builder::with_capacity(rows),
             client_id: StringBuilder::new(),
             upstream: StringBuilder::new(),
             labels: labels_builder(),
@@ -305,6 +312,8 @@ impl ApiCallBatchBuilder {
         self.output_tokens.append_option(call.output_tokens);
         self.output_tokens_estimated
             .append_option(call.output_tokens_estimated);
+        self.output_tokens_per_second
+            .append_option(call.output_tokens_per_second);
         self.client_id.append_option(call.client_id.as_deref());
         self.upstream.append_option(call.upstream.as_deref());
         if call.labels.is_empty() {
@@ -342,6 +351,7 @@ impl ApiCallBatchBuilder {
             Arc::new(self.input_tokens.finish()),
             Arc::new(self.output_tokens.finish()),
             Arc::new(self.output_tokens_estimated.finish()),
+            Arc::new(self.output_tokens_per_second.finish()),
             Arc::new(self.client_id.finish()),
             Arc::new(self.upstream.finish()),
             Arc::new(self.labels.finish()),
@@ -388,6 +398,7 @@ pub fn batch_to_api_calls(batch: &RecordBatch) -> Result<Vec<ApiCall>, ArrowErro
     let input_tokens = column::<UInt32Array>(batch, INPUT_TOKENS)?;
     let output_tokens = column::<UInt32Array>(batch, OUTPUT_TOKENS)?;
     let estimated = column::<BooleanArray>(batch, OUTPUT_TOKENS_ESTIMATED)?;
+    let tokens_per_second = column::<Float64Array>(batch, OUTPUT_TOKENS_PER_SECOND)?;
     let client_id = column::<StringArray>(batch, CLIENT_ID)?;
     let upstream = column::<StringArray>(batch, UPSTREAM)?;
     let labels = column::<MapArray>(batch, LABELS)?;
@@ -422,6 +433,9 @@ pub fn batch_to_api_calls(batch: &RecordBatch) -> Result<Vec<ApiCall>, ArrowErro
                 .is_valid(row)
                 .then(|| output_tokens.value(row)),
             output_tokens_estimated: estimated.is_valid(row).then(|| estimated.value(row)),
+            output_tokens_per_second: tokens_per_second
+                .is_valid(row)
+                .then(|| tokens_per_second.value(row)),
             client_id: opt_str(client_id, row),
             upstream: opt_str(upstream, row),
             labels: label_map,
@@ -451,6 +465,7 @@ mod tests {
             input_tokens: Some(12),
             output_tokens: Some(99),
             output_tokens_estimated: Some(false),
+            output_tokens_per_second: Some(41.5),
             client_id: None,
             upstream: Some("127.0.0.1:8002".into()),
             labels: BTreeMap::from([("region".to_string(), "eu".to_string())]),

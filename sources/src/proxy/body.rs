@@ -98,6 +98,12 @@ impl CallRecord {
             self.event.output_tokens_estimated = observed
                 .output_tokens
                 .map(|_| observed.output_tokens_estimated);
+            // Generation time: after the first token when streaming, else the whole call.
+            let generating_ms = self.event.latency_ms - self.event.ttft_ms.unwrap_or(0.0);
+            self.event.output_tokens_per_second = observed
+                .output_tokens
+                .filter(|tokens| *tokens > 0 && generating_ms > 0.0)
+                .map(|tokens| f64::from(tokens) / (generating_ms / 1000.0));
         }
         let prefix = self
             .request_prefix
