@@ -44,9 +44,10 @@ fn files(dir: &Path) -> Vec<String> {
     out
 }
 
-fn sink(dir: &Path) -> Box<dyn Sink> {
+/// A parquet sink writing under `dir`, with extra settings (TOML lines).
+fn sink(dir: &Path, settings: &str) -> Box<dyn Sink> {
     let text = format!(
-        "[sinks.history]\ntype = \"parquet\"\ninputs = [\"x\"]\npath = \"{}\"\nmax_file_age = \"1h\"\n",
+        "[sinks.history]\ntype = \"parquet\"\ninputs = [\"x\"]\npath = \"{}\"\n{settings}\n",
         dir.display()
     );
     let source = SourceText::new("t.toml", text, |_| None).unwrap();
@@ -62,7 +63,7 @@ fn sink(dir: &Path) -> Box<dyn Sink> {
 #[tokio::test]
 async fn files_are_partitioned_by_hour_and_appear_only_when_complete() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sink = sink(dir.path());
+    let mut sink = sink(dir.path(), "max_file_age = \"1h\"");
     // 30 rows every 4 minutes: spans 05:00 to 06:56, two hour partitions.
     let rows = calls(T0, 30, 4 * 60_000_000);
     sink.write(api_calls_to_batch(&rows)).await.unwrap();
@@ -121,18 +122,7 @@ async fn files_are_partitioned_by_hour_and_appear_only_when_complete() {
 #[tokio::test]
 async fn files_roll_at_the_configured_size() {
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[sinks.history]\ntype = \"parquet\"\ninputs = [\"x\"]\npath = \"{}\"\nmax_file_bytes = 4096\ncompression = \"none\"\n",
-        dir.path().display()
-    );
-    let source = SourceText::new("t.toml", text, |_| None).unwrap();
-    let file = source.parse().unwrap();
-    let context = BuildContext {
-        spec: &file.pipelines[0].components[0],
-        input_schemas: vec![api_call_schema()],
-        metrics: ComponentMetrics::new(),
-    };
-    let mut sink = sinks::parquet::build(&context).unwrap();
+    let mut sink = sink(dir.path(), "max_file_bytes = 4096\ncompression = \"none\"");
     for part in 0..20 {
         sink.write(api_calls_to_batch(&calls(T0 + part * 1000, 100, 1)))
             .await

@@ -100,16 +100,14 @@ pub fn build(ctx: &BuildContext<'_, '_>) -> Result<BuiltSource, ConfigError> {
             "`queue_capacity` and `batch_size` must be at least 1",
         ));
     }
-    let checked =
+    // Check the recognisers, upstream and header names now, so `validate` reports them.
+    let recognizer =
         recognizer(&config).map_err(|(key, message)| ctx.spec.error_at_key(key, message))?;
-    drop(checked);
-    // Check the upstream and header names now, so `validate` reports them.
     let (sender, _) = mpsc::channel(1);
     let probe = Arc::new(Emitter {
         sender,
         metrics: ctx.metrics.clone(),
-        recognizer: recognizer(&config)
-            .map_err(|(key, message)| ctx.spec.error_at_key(key, message))?,
+        recognizer,
     });
     Forwarder::new(config.clone(), probe)
         .map_err(|message| ctx.spec.error_at_key("upstream", message))?;
