@@ -45,9 +45,29 @@ pub struct SourceContext {
     pub barriers: mpsc::Receiver<Barrier>,
     /// The id of the newest checkpoint that every sink has made durable.
     pub completed_checkpoints: watch::Receiver<u64>,
+    /// Asks the coordinator for a checkpoint now (a source holding many unacknowledged
+    /// deliveries, or one about to stop, wants them acknowledged).
+    pub checkpoint_requests: CheckpointRequester,
     /// Cancelled on shutdown: flush what is buffered, then return.
     pub shutdown: CancellationToken,
     pub metrics: Arc<ComponentMetrics>,
+}
+
+/// Lets a source ask for a checkpoint. Requests made while one is in flight or already
+/// requested are merged.
+#[derive(Debug, Clone)]
+pub struct CheckpointRequester(pub(crate) mpsc::Sender<()>);
+
+impl CheckpointRequester {
+    /// Requests a checkpoint without waiting.
+    pub fn request(&self) {
+        let _ = self.0.try_send(());
+    }
+
+    /// A requester connected to nothing (for sources driven outside a pipeline, in tests).
+    pub fn detached() -> Self {
+        Self(mpsc::channel(1).0)
+    }
 }
 
 /// Produces batches. `run` returns when its input is exhausted or on shutdown, after sending

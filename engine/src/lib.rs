@@ -3,6 +3,8 @@
 //! barriers), the `pipelines.toml` model with located errors, graph building, the runtime that
 //! drives a graph, and per-component internal metrics.
 
+pub mod backoff;
+pub mod codec;
 pub mod component;
 pub mod config;
 pub mod graph;

@@ -1,6 +1,8 @@
 //! Per-component internal metrics: events and batches in and out, errors, dropped and late
 //! events, and the depth of the component's input queues. Counters are relaxed atomics,
-//! updated once per batch, so they cost nothing measurable on the data path.
+//! updated once per batch, so they cost nothing measurable on the data path. A component can
+//! also register its own named counters and gauges (a broker source's deliveries, acks and
+//! reconnects, say), reported beside the common ones.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,9 +44,31 @@ pub struct ComponentMetrics {
     /// The component's current watermark (µs), or `i64::MIN` before the first one.
     pub watermark: AtomicI64,
     pub checkpoints_acked: AtomicU64,
+    /// Counters and gauges specific to the component type, in registration order.
+    named: Mutex<Vec<(&'static str, Arc<AtomicU64>)>>,
 }
 
 impl ComponentMetrics {
+    /// The component's own counter (or gauge) called `name`, created at zero on first use.
+    pub fn named(&self, name: &'static str) -> Arc<AtomicU64> {
+        let mut named = self.named.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, counter)) = named.iter().find(|(n, _)| *n == name) {
+            return counter.clone();
+        }
+        let counter = Arc::new(AtomicU64::new(0));
+        named.push((name, counter.clone()));
+        counter
+    }
+
+    /// The current values of the component's own counters.
+    pub fn named_values(&self) -> IndexMap<String, u64> {
+        let named = self.named.lock().unwrap_or_else(|e| e.into_inner());
+        named
+            .iter()
+            .map(|(name, counter)| (name.to_string(), counter.load(Ordering::Relaxed)))
+            .collect()
+    }
+
     pub fn new() -> Arc<Self> {
         let metrics = Self::default();
         metrics.watermark.store(i64::MIN, Ordering::Relaxed);
@@ -113,6 +137,9 @@ pub struct ComponentReport {
     pub component_type: String,
     #[serde(flatten)]
     pub metrics: MetricsSnapshot,
+    /// Counters specific to the component type.
+    #[serde(skip_serializing_if = "IndexMap::is_empty")]
+    pub counters: IndexMap<String, u64>,
 }
 
 /// A registered component: its kind, its type name, and its counters.
@@ -158,6 +185,7 @@ impl MetricsRegistry {
                 kind: *kind,
                 component_type: component_type.clone(),
                 metrics: metrics.snapshot(),
+                counters: metrics.named_values(),
             })
             .collect()
     }
@@ -176,12 +204,16 @@ mod tests {
         a.record_out(5);
         b.record_in(15);
         b.add_dropped(2);
+        a.named("reconnects").fetch_add(3, Ordering::Relaxed);
+        a.named("reconnects").fetch_add(1, Ordering::Relaxed);
         let report = registry.report();
         assert_eq!(report[0].id, "a");
         assert_eq!(report[0].metrics.events_out, 15);
         assert_eq!(report[0].metrics.batches_out, 2);
         assert_eq!(report[1].metrics.dropped, 2);
         assert_eq!(report[1].metrics.watermark_micros, None);
+        assert_eq!(report[0].counters.get("reconnects"), Some(&4));
+        assert!(report[1].counters.is_empty());
         assert!(Arc::ptr_eq(
             &a,
             &registry.register("a", ComponentKind::Source, "generator")

@@ -1,11 +1,13 @@
 //! Sinks: `console` (a readable table or JSON lines), `parquet` (partitioned files on a local
 //! directory or S3-compatible object storage), `redis` (live window state, series and pub/sub),
+//! `rabbitmq` (events or results to an exchange, confirmed),
 //! and `null` (discards, for benchmarks). Each
 //! module registers itself in [`register`].
 
 pub mod console;
 pub mod null;
 pub mod parquet;
+pub mod rabbitmq;
 pub mod redis;
 
 use engine::registry::Registry;
@@ -16,4 +18,5 @@ pub fn register(registry: &mut Registry) {
     registry.add_sink("parquet", parquet::build);
     registry.add_sink("null", null::build);
     registry.add_sink("redis", redis::build);
+    registry.add_sink("rabbitmq", rabbitmq::build);
 }

@@ -231,6 +231,7 @@ impl Proxy {
             output,
             barriers,
             completed_checkpoints: watch::channel(0).1,
+            checkpoint_requests: engine::component::CheckpointRequester::detached(),
             shutdown: shutdown.clone(),
             metrics: metrics.clone(),
         };

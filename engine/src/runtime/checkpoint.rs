@@ -70,9 +70,9 @@ impl Coordinator {
         acks: mpsc::Receiver<(usize, u64)>,
         completed: watch::Sender<u64>,
         completed_rx: watch::Receiver<u64>,
+        (trigger_tx, trigger_rx): (mpsc::Sender<()>, mpsc::Receiver<()>),
         interval: Duration,
     ) -> (CheckpointHandle, Self) {
-        let (trigger_tx, trigger_rx) = mpsc::channel(1);
         (
             CheckpointHandle {
                 trigger: trigger_tx,
@@ -93,6 +93,8 @@ impl Coordinator {
         let mut stats = CheckpointStats::default();
         let mut next_id = 1u64;
         let mut in_flight: Option<InFlight> = None;
+        // A request that arrived while a checkpoint was in flight: start one when it completes.
+        let mut requested = false;
         let periodic = !self.interval.is_zero();
         let mut ticker = tokio::time::interval(if periodic {
             self.interval
@@ -104,7 +106,10 @@ impl Coordinator {
             let start = tokio::select! {
                 _ = stop.cancelled() => return stats,
                 _ = ticker.tick() => periodic,
-                Some(()) = self.trigger.recv() => true,
+                Some(()) = self.trigger.recv() => {
+                    requested = in_flight.is_some();
+                    true
+                }
                 Some((sink, id)) = self.acks.recv() => {
                     if let Some(flight) = in_flight.as_mut().filter(|f| f.barrier.checkpoint_id == id) {
                         flight.acked.insert(sink);
@@ -117,7 +122,7 @@ impl Coordinator {
                             in_flight = None;
                         }
                     }
-                    false
+                    in_flight.is_none() && std::mem::take(&mut requested)
                 }
             };
             if !start || in_flight.is_some() || self.sources.is_empty() {
@@ -145,5 +150,46 @@ impl Coordinator {
                 acked: HashSet::new(),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_during_a_checkpoint_starts_another_when_it_completes() {
+        let (barrier_tx, mut barriers) = mpsc::channel(4);
+        let (ack_tx, ack_rx) = mpsc::channel(4);
+        let (completed_tx, completed_rx) = watch::channel(0);
+        let (trigger_tx, trigger_rx) = mpsc::channel(1);
+        let (handle, coordinator) = Coordinator::new(
+            vec![barrier_tx],
+            1,
+            ack_rx,
+            completed_tx,
+            completed_rx.clone(),
+            (trigger_tx.clone(), trigger_rx),
+            Duration::ZERO,
+        );
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(coordinator.run(stop.clone()));
+        trigger_tx.send(()).await.unwrap();
+        let first = barriers.recv().await.unwrap();
+        assert_eq!(first.checkpoint_id, 1);
+        // Requested while checkpoint 1 is in flight: not lost.
+        trigger_tx.send(()).await.unwrap();
+        tokio::task::yield_now().await;
+        assert!(barriers.try_recv().is_err(), "one checkpoint at a time");
+        ack_tx.send((0, 1)).await.unwrap();
+        let second = barriers.recv().await.unwrap();
+        assert_eq!(second.checkpoint_id, 2);
+        assert_eq!(handle.completed(), 1);
+        ack_tx.send((0, 2)).await.unwrap();
+        let mut completed = completed_rx;
+        completed.wait_for(|&id| id == 2).await.unwrap();
+        stop.cancel();
+        let stats = task.await.unwrap();
+        assert_eq!((stats.started, stats.completed), (2, 2));
     }
 }

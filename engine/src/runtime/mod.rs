@@ -275,6 +275,7 @@ impl BuiltPipeline {
             .count();
         let (ack_tx, ack_rx) = mpsc::channel(64);
         let (completed_tx, completed_rx) = watch::channel(0u64);
+        let (trigger_tx, trigger_rx) = mpsc::channel(1);
         let mut barrier_senders = Vec::new();
         let mut tasks: JoinSet<Result<(), RuntimeError>> = JoinSet::new();
         let failure = shutdown.child_token();
@@ -298,6 +299,9 @@ impl BuiltPipeline {
                         output,
                         barriers: barrier_rx,
                         completed_checkpoints: completed_rx.clone(),
+                        checkpoint_requests: crate::component::CheckpointRequester(
+                            trigger_tx.clone(),
+                        ),
                         shutdown: failure.clone(),
                         metrics: node.metrics.clone(),
                     };
@@ -332,6 +336,7 @@ impl BuiltPipeline {
             ack_rx,
             completed_tx,
             completed_rx,
+            (trigger_tx, trigger_rx),
             settings.checkpoint_interval.0,
         );
         let coordinator_stop = CancellationToken::new();

@@ -1,0 +1,146 @@
+//! Helpers shared by the broker tests: the real RabbitMQ (skipped with a message outside CI
+//! when it is absent), unique names, a sink that collects request ids, and polling.
+
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::AsArray;
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use engine::component::{ComponentResult, Sink};
+use engine::registry::Registry;
+use engine::schema::api_call::{ApiCall, REQUEST_ID};
+use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const T0: i64 = 1_777_629_600_000_000; // 2026-05-01T10:00:00Z
+
+/// A channel on the real broker, or `None` (test skipped) outside CI when it is down.
+pub async fn broker_or_skip() -> Option<(Connection, Channel)> {
+    match Connection::connect(AMQP, ConnectionProperties::default()).await {
+        Ok(connection) => {
+            let channel = connection.create_channel().await.expect("channel");
+            Some((connection, channel))
+        }
+        Err(error) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("RabbitMQ is required at {AMQP} under CI: {error}")
+        }
+        Err(error) => {
+            eprintln!("skipped: no RabbitMQ at {AMQP} ({error}); start it with `rabbitmq-server -detached`");
+            None
+        }
+    }
+}
+
+pub fn unique(name: &str) -> String {
+    format!("test-{name}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Messages ready in `queue` (not counting unacknowledged ones).
+pub async fn ready_messages(channel: &Channel, queue: &str) -> u32 {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue exists")
+        .message_count()
+}
+
+pub async fn delete_queues(channel: &Channel, queues: &[&str]) {
+    for queue in queues {
+        let _ = channel
+            .queue_delete((*queue).into(), QueueDeleteOptions::default())
+            .await;
+    }
+}
+
+pub async fn delete_exchanges(channel: &Channel, exchanges: &[&str]) {
+    for exchange in exchanges {
+        let _ = channel
+            .exchange_delete((*exchange).into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+}
+
+pub fn call(i: usize, model: &str, endpoint: &str) -> ApiCall {
+    ApiCall {
+        event_time: T0 + i as i64 * 1_000,
+        request_id: format!("req-{i}"),
+        model: Some(model.into()),
+        endpoint: Some(endpoint.into()),
+        method: Some("POST".into()),
+        status_code: Some(200),
+        latency_ms: 10.0 + (i % 100) as f64,
+        ..Default::default()
+    }
+}
+
+/// Request ids (with their model and endpoint) seen by `collect` sinks.
+#[derive(Clone, Default)]
+pub struct Collected(pub Arc<Mutex<Vec<String>>>);
+
+impl Collected {
+    pub fn ids(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    pub fn distinct(&self) -> usize {
+        let mut ids = self.ids();
+        ids.sort();
+        ids.dedup();
+        ids.len()
+    }
+}
+
+struct CollectSink(Collected);
+
+#[async_trait]
+impl Sink for CollectSink {
+    async fn write(&mut self, batch: RecordBatch) -> ComponentResult {
+        let index = batch.schema().index_of(REQUEST_ID)?;
+        let ids = batch.column(index).as_string::<i32>();
+        let mut collected = self.0 .0.lock().unwrap();
+        collected.extend(ids.iter().map(|id| id.unwrap_or_default().to_string()));
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> ComponentResult {
+        Ok(())
+    }
+}
+
+/// Every built-in component, plus a `collect` sink type writing into `collected`.
+pub fn registry_collecting(collected: &Collected) -> Registry {
+    let mut registry = pipeline::components::registry();
+    let collected = collected.clone();
+    registry.add_sink("collect", move |_ctx| {
+        Ok(Box::new(CollectSink(collected.clone())))
+    });
+    registry
+}
+
+/// Polls `condition` every 50 ms until it holds; panics with `what` after `timeout`.
+pub async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

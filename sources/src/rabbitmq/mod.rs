@@ -1,0 +1,401 @@
+//! `rabbitmq` source: consumes api_call events from a queue (JSON lines, a JSON array, or an
+//! Arrow IPC stream per message; see `engine::codec`) with manual acknowledgements.
+//!
+//! At-least-once: a delivery is acknowledged only after a checkpoint whose barrier followed it
+//! has completed, i.e. every sink made what was derived from it durable. When many deliveries
+//! are unacknowledged (half the prefetch) the source asks for a checkpoint, so a small prefetch
+//! never stalls the stream. A message that cannot be decoded (or is over `max_message_bytes`)
+//! is published to the dead-letter exchange with the reason in headers, and acknowledged with
+//! the rest; it never blocks the queue. A lost connection is reopened with exponential backoff
+//! and jitter; deliveries not yet acknowledged are redelivered by the broker, so duplicates are
+//! bounded by the unacknowledged count (at most the prefetch plus one batch). On shutdown the
+//! source stops consuming, asks for a final checkpoint and acknowledges what it covered.
+
+mod acks;
+mod config;
+mod session;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use engine::backoff::Backoff;
+use engine::codec::{decode_api_calls, DecodedCalls};
+use engine::component::{ComponentError, ComponentResult, Source, SourceContext};
+use engine::config::ConfigError;
+use engine::message::{Barrier, Message};
+use engine::registry::{BuildContext, BuiltSource};
+use engine::schema::api_call::{api_call_schema, ApiCallBatchBuilder};
+use futures::StreamExt;
+use lapin::message::Delivery;
+
+use acks::AckTracker;
+pub use config::{Declare, RabbitMqSourceConfig};
+use session::{DeadLetter, Session};
+
+pub fn build(ctx: &BuildContext<'_, '_>) -> Result<BuiltSource, ConfigError> {
+    let config: RabbitMqSourceConfig = ctx.spec.settings()?;
+    if config.queue.is_empty() {
+        return Err(ctx.spec.error_at_key("queue", "`queue` must not be empty"));
+    }
+    if config.prefetch == 0 {
+        return Err(ctx.spec.error_at_key(
+            "prefetch",
+            "must be at least 1 (0 would mean unlimited, which defeats backpressure)",
+        ));
+    }
+    if config.batch_size == 0 {
+        return Err(ctx.spec.error_at_key("batch_size", "must be at least 1"));
+    }
+    if let Err(error) = config.url.parse::<lapin::uri::AMQPUri>() {
+        return Err(ctx
+            .spec
+            .error_at_key("url", format!("not an AMQP URL: {error}")));
+    }
+    Ok(BuiltSource {
+        source: Box::new(RabbitMqSource {
+            component: ctx.spec.id.clone(),
+            config,
+        }),
+        schema: api_call_schema(),
+    })
+}
+
+pub struct RabbitMqSource {
+    component: String,
+    config: RabbitMqSourceConfig,
+}
+
+impl RabbitMqSource {
+    pub fn new(component: impl Into<String>, config: RabbitMqSourceConfig) -> Self {
+        Self {
+            component: component.into(),
+            config,
+        }
+    }
+}
+
+/// The source's named counters.
+struct Counters {
+    deliveries: Arc<AtomicU64>,
+    redelivered: Arc<AtomicU64>,
+    acked: Arc<AtomicU64>,
+    dead_lettered: Arc<AtomicU64>,
+    reconnects: Arc<AtomicU64>,
+    unacked: Arc<AtomicU64>,
+}
+
+/// Rows decoded and not yet sent downstream.
+struct Pending {
+    rows: ApiCallBatchBuilder,
+    batches: Vec<RecordBatch>,
+    count: usize,
+    since: Option<tokio::time::Instant>,
+}
+
+impl Pending {
+    fn new(batch_size: usize) -> Self {
+        Self {
+            rows: ApiCallBatchBuilder::with_capacity(batch_size),
+            batches: Vec::new(),
+            count: 0,
+            since: None,
+        }
+    }
+
+    fn add(&mut self, decoded: DecodedCalls) {
+        self.count += decoded.len();
+        match decoded {
+            DecodedCalls::Rows(rows) => rows.iter().for_each(|row| self.rows.push(row)),
+            DecodedCalls::Batches(batches) => self.batches.extend(batches),
+        }
+        self.since.get_or_insert_with(tokio::time::Instant::now);
+    }
+
+    async fn flush(&mut self, ctx: &mut SourceContext) -> ComponentResult {
+        self.since = None;
+        if self.count == 0 {
+            return Ok(());
+        }
+        self.count = 0;
+        if !self.rows.is_empty() {
+            ctx.output.send_batch(0, self.rows.finish()).await?;
+        }
+        for batch in std::mem::take(&mut self.batches) {
+            ctx.output.send_batch(0, batch).await?;
+        }
+        Ok(())
+    }
+}
+
+/// How a connected session ended.
+enum Ended {
+    Shutdown,
+    ConnectionLost(String),
+}
+
+#[async_trait]
+impl Source for RabbitMqSource {
+    async fn run(self: Box<Self>, mut ctx: SourceContext) -> ComponentResult {
+        let counters = Counters {
+            deliveries: ctx.metrics.named("deliveries"),
+            redelivered: ctx.metrics.named("redelivered"),
+            acked: ctx.metrics.named("acked"),
+            dead_lettered: ctx.metrics.named("dead_lettered"),
+            reconnects: ctx.metrics.named("reconnects"),
+            unacked: ctx.metrics.named("unacked"),
+        };
+        let mut backoff =
+            Backoff::new(self.config.reconnect_initial.0, self.config.reconnect_max.0);
+        let mut pending = Pending::new(self.config.batch_size);
+        let mut acks = AckTracker::default();
+        let mut connected_before = false;
+        loop {
+            if ctx.shutdown.is_cancelled() {
+                return pending.flush(&mut ctx).await;
+            }
+            let session = match Session::open(&self.component, &self.config).await {
+                Ok(session) => session,
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(source = %self.component, %error, retry_in = ?delay, "rabbitmq: cannot consume; retrying");
+                    self.wait_forwarding_barriers(&mut ctx, &mut pending, delay)
+                        .await?;
+                    continue;
+                }
+            };
+            if connected_before {
+                counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(source = %self.component, queue = %self.config.queue, "rabbitmq: reconnected");
+            } else {
+                tracing::info!(source = %self.component, queue = %self.config.queue, prefetch = self.config.prefetch, "rabbitmq: consuming");
+            }
+            connected_before = true;
+            acks.reset();
+            counters.unacked.store(0, Ordering::Relaxed);
+            let (ended, session) = self
+                .consume(
+                    &mut ctx,
+                    session,
+                    &mut pending,
+                    &mut acks,
+                    &counters,
+                    &mut backoff,
+                )
+                .await?;
+            match ended {
+                Ended::Shutdown => {
+                    let result = self
+                        .final_checkpoint(&mut ctx, &session, &mut pending, &mut acks, &counters)
+                        .await;
+                    session.close().await;
+                    return result;
+                }
+                Ended::ConnectionLost(error) => {
+                    tracing::warn!(source = %self.component, %error, unacked = acks.unacked(), "rabbitmq: connection lost; unacknowledged deliveries will be redelivered");
+                    session.close().await;
+                    let delay = backoff.next_delay();
+                    self.wait_forwarding_barriers(&mut ctx, &mut pending, delay)
+                        .await?;
+                }
+            }
+        }
+    }
+}
+
+impl RabbitMqSource {
+    /// Consumes until the connection is lost or shutdown begins.
+    async fn consume(
+        &self,
+        ctx: &mut SourceContext,
+        mut session: Session,
+        pending: &mut Pending,
+        acks: &mut AckTracker,
+        counters: &Counters,
+        backoff: &mut Backoff,
+    ) -> Result<(Ended, Session), ComponentError> {
+        let linger = self.config.linger.0;
+        let request_at = u64::from(self.config.prefetch).div_ceil(2);
+        let mut requested = false;
+        let mut completed = ctx.completed_checkpoints.clone();
+        completed.borrow_and_update();
+        loop {
+            let deadline = pending
+                .since
+                .map(|since| since + linger)
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                biased;
+                _ = ctx.shutdown.cancelled() => return Ok((Ended::Shutdown, session)),
+                Some(barrier) = ctx.barriers.recv() => {
+                    pending.flush(ctx).await?;
+                    ctx.output.send_control(Message::Barrier(barrier)).await?;
+                    acks.barrier(barrier.checkpoint_id);
+                }
+                Ok(()) = completed.changed() => {
+                    let id = *completed.borrow_and_update();
+                    requested = false;
+                    if let Some(ack) = acks.completed(id) {
+                        if let Err(error) = session.ack_up_to(ack.tag).await {
+                            return Ok((Ended::ConnectionLost(format!("acknowledging: {error}")), session));
+                        }
+                        counters.acked.fetch_add(ack.count, Ordering::Relaxed);
+                        counters.unacked.store(acks.unacked(), Ordering::Relaxed);
+                        backoff.reset();
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline), if pending.since.is_some() => {
+                    pending.flush(ctx).await?;
+                }
+                delivery = session.consumer.next() => {
+                    let delivery = match delivery {
+                        Some(Ok(delivery)) => delivery,
+                        Some(Err(error)) => return Ok((Ended::ConnectionLost(error.to_string()), session)),
+                        None => return Ok((Ended::ConnectionLost("the broker cancelled the consumer".into()), session)),
+                    };
+                    if let Err(error) = self.take(&session, &delivery, pending, counters).await {
+                        return Ok((Ended::ConnectionLost(error), session));
+                    }
+                    acks.delivered(delivery.delivery_tag);
+                    counters.unacked.store(acks.unacked(), Ordering::Relaxed);
+                    if pending.count >= self.config.batch_size {
+                        pending.flush(ctx).await?;
+                    }
+                    if !requested && acks.unacked() >= request_at {
+                        requested = true;
+                        ctx.checkpoint_requests.request();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decodes one delivery into `pending`, or dead-letters it.
+    async fn take(
+        &self,
+        session: &Session,
+        delivery: &Delivery,
+        pending: &mut Pending,
+        counters: &Counters,
+    ) -> Result<(), String> {
+        counters.deliveries.fetch_add(1, Ordering::Relaxed);
+        if delivery.redelivered {
+            counters.redelivered.fetch_add(1, Ordering::Relaxed);
+        }
+        let letter = if delivery.data.len() > self.config.max_message_bytes {
+            Some(DeadLetter {
+                reason: "too_large",
+                error: format!(
+                    "the message has {} bytes; max_message_bytes is {}",
+                    delivery.data.len(),
+                    self.config.max_message_bytes
+                ),
+                delivery,
+            })
+        } else {
+            let content_type = delivery
+                .properties
+                .content_type()
+                .as_ref()
+                .map(|c| c.as_str());
+            match decode_api_calls(&delivery.data, content_type) {
+                Ok(decoded) => {
+                    pending.add(decoded);
+                    None
+                }
+                Err(error) => Some(DeadLetter {
+                    reason: "decode_error",
+                    error: error.to_string(),
+                    delivery,
+                }),
+            }
+        };
+        let Some(letter) = letter else {
+            return Ok(());
+        };
+        counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string())
+            .unwrap_or_else(|| format!("delivery tag {}", delivery.delivery_tag));
+        tracing::warn!(source = %self.component, message_id = %message_id, routing_key = %delivery.routing_key, reason = letter.reason, error = %letter.error, "rabbitmq: message dead-lettered");
+        let exchange = self.config.dead_letter_exchange();
+        if exchange.is_empty() {
+            return Ok(());
+        }
+        session
+            .dead_letter(&exchange, &self.component, &self.config.queue, letter)
+            .await
+    }
+
+    /// Sleeps for `delay`, still passing barriers downstream (so checkpoints of the rest of
+    /// the pipeline are not held up by a broker outage).
+    async fn wait_forwarding_barriers(
+        &self,
+        ctx: &mut SourceContext,
+        pending: &mut Pending,
+        delay: Duration,
+    ) -> ComponentResult {
+        pending.flush(ctx).await?;
+        let until = tokio::time::Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = ctx.shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep_until(until) => return Ok(()),
+                Some(barrier) = ctx.barriers.recv() => {
+                    ctx.output.send_control(Message::Barrier(barrier)).await?;
+                }
+            }
+        }
+    }
+
+    /// On shutdown: stop taking deliveries, flush, run one more checkpoint and acknowledge
+    /// what it covered, so a clean restart redelivers nothing already processed.
+    async fn final_checkpoint(
+        &self,
+        ctx: &mut SourceContext,
+        session: &Session,
+        pending: &mut Pending,
+        acks: &mut AckTracker,
+        counters: &Counters,
+    ) -> ComponentResult {
+        pending.flush(ctx).await?;
+        if acks.unacked() == 0 {
+            return Ok(());
+        }
+        ctx.checkpoint_requests.request();
+        let mut completed = ctx.completed_checkpoints.clone();
+        let wait = async {
+            let barrier: Barrier = ctx.barriers.recv().await?;
+            ctx.output
+                .send_control(Message::Barrier(barrier))
+                .await
+                .ok()?;
+            acks.barrier(barrier.checkpoint_id);
+            completed
+                .wait_for(|&id| id >= barrier.checkpoint_id)
+                .await
+                .ok()
+                .map(|id| *id)
+        };
+        match tokio::time::timeout(self.config.shutdown_timeout.0, wait).await {
+            Ok(Some(id)) => {
+                if let Some(ack) = acks.completed(id) {
+                    if session.ack_up_to(ack.tag).await.is_ok() {
+                        counters.acked.fetch_add(ack.count, Ordering::Relaxed);
+                    }
+                }
+                counters.unacked.store(acks.unacked(), Ordering::Relaxed);
+                tracing::info!(source = %self.component, checkpoint = id, "rabbitmq: final checkpoint acknowledged");
+            }
+            _ => {
+                tracing::warn!(source = %self.component, unacked = acks.unacked(), "rabbitmq: no final checkpoint before the shutdown timeout; unacknowledged deliveries will be redelivered");
+            }
+        }
+        Ok(())
+    }
+}
