@@ -194,17 +194,7 @@ async fn malformed_messages_are_dead_lettered_with_reasons_while_good_ones_flow(
     };
     let queue = unique("poison");
     let dead = format!("{queue}.dead");
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    declare_queue(&channel, &queue).await;
     let json = |calls: &[ApiCall]| engine::codec::encode_api_calls_json(calls.iter()).unwrap();
     let good = serde_json::to_string(&call(99, "m", "/e")).unwrap();
     let arrow = encode(

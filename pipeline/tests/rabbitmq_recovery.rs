@@ -14,8 +14,7 @@ use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
 use common::*;
 use engine::runtime::build_from_text;
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -137,17 +136,7 @@ async fn a_consumer_killed_mid_stream_and_restarted_loses_nothing() {
         return;
     };
     let queue = unique("killed");
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    declare_queue(&channel, &queue).await;
     channel
         .confirm_select(lapin::options::ConfirmSelectOptions::default())
         .await

@@ -56,6 +56,21 @@ pub async fn ready_messages(channel: &Channel, queue: &str) -> u32 {
         .message_count()
 }
 
+/// Declares a durable queue, as the source does.
+pub async fn declare_queue(channel: &Channel, queue: &str) {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue declared");
+}
+
 pub async fn delete_queues(channel: &Channel, queues: &[&str]) {
     for queue in queues {
         let _ = channel

@@ -142,78 +142,54 @@ async fn declare(channel: &Channel, config: &RabbitMqSourceConfig) -> Result<(),
         return Ok(());
     }
     let passive = config.declare == Declare::Check;
-    let durable = |passive| QueueDeclareOptions {
-        passive,
-        durable: true,
-        ..Default::default()
+    let queue = |name: String| async move {
+        let options = QueueDeclareOptions {
+            passive,
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(name.as_str().into(), options, FieldTable::default())
+            .await
+            .map(|_| ())
     };
-    channel
-        .queue_declare(
-            config.queue.as_str().into(),
-            durable(passive),
-            FieldTable::default(),
-        )
-        .await?;
+    let exchange = |name: String, kind: ExchangeKind| async move {
+        let options = ExchangeDeclareOptions {
+            passive,
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .exchange_declare(name.as_str().into(), kind, options, FieldTable::default())
+            .await
+    };
+    let bind = |queue: String, exchange: String, key: String| async move {
+        if passive {
+            return Ok(());
+        }
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+    };
+    queue(config.queue.clone()).await?;
     let dead_letter_exchange = config.dead_letter_exchange();
     if !dead_letter_exchange.is_empty() {
-        channel
-            .exchange_declare(
-                dead_letter_exchange.as_str().into(),
-                ExchangeKind::Fanout,
-                ExchangeDeclareOptions {
-                    passive,
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        exchange(dead_letter_exchange.clone(), ExchangeKind::Fanout).await?;
         let dead_letter_queue = config.dead_letter_queue();
         if !dead_letter_queue.is_empty() {
-            channel
-                .queue_declare(
-                    dead_letter_queue.as_str().into(),
-                    durable(passive),
-                    FieldTable::default(),
-                )
-                .await?;
-            if !passive {
-                channel
-                    .queue_bind(
-                        dead_letter_queue.as_str().into(),
-                        dead_letter_exchange.as_str().into(),
-                        "#".into(),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
-            }
+            queue(dead_letter_queue.clone()).await?;
+            bind(dead_letter_queue, dead_letter_exchange, "#".into()).await?;
         }
     }
-    if let Some(exchange) = config.exchange.as_deref().filter(|e| !e.is_empty()) {
-        channel
-            .exchange_declare(
-                exchange.into(),
-                exchange_kind(&config.exchange_type),
-                ExchangeDeclareOptions {
-                    passive,
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        if !passive {
-            channel
-                .queue_bind(
-                    config.queue.as_str().into(),
-                    exchange.into(),
-                    config.binding_key.as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-        }
+    if let Some(name) = config.exchange.clone().filter(|e| !e.is_empty()) {
+        exchange(name.clone(), exchange_kind(&config.exchange_type)).await?;
+        bind(config.queue.clone(), name, config.binding_key.clone()).await?;
     }
     Ok(())
 }
