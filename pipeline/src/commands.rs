@@ -128,6 +128,14 @@ pub fn print_report(name: &str, report: &RunReport) {
             c.metrics.dropped,
             c.metrics.late
         );
+        if !c.counters.is_empty() {
+            let counters: Vec<String> = c
+                .counters
+                .iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect();
+            eprintln!("  {:<20} {}", "", counters.join(" "));
+        }
     }
 }
 

@@ -28,7 +28,11 @@ fn the_repository_pipelines_toml_is_valid() {
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines.toml");
     let output = pipeline(&["validate", file.to_str().unwrap()]);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert!(String::from_utf8_lossy(&output.stdout).contains(": ok (1 pipeline: main)"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(": ok (2 pipelines: edge, central)"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -168,7 +172,7 @@ fn unknown_inputs_cycles_and_unset_variables_are_located() {
 
 #[test]
 fn graph_prints_mermaid_and_dot() {
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines.toml");
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/generator.toml");
     let mermaid = pipeline(&["graph", file.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&mermaid.stdout);
     assert!(text.starts_with("flowchart LR"), "{text}");
