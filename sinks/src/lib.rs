@@ -1,12 +1,14 @@
 //! Sinks: `console` (a readable table or JSON lines), `parquet` (partitioned files on a local
 //! directory or S3-compatible object storage), `redis` (live window state, series and pub/sub),
-//! `rabbitmq` (events or results to an exchange, confirmed),
+//! `rabbitmq` (events or results to an exchange, confirmed), `timescaledb` / `postgres` (history
+//! in PostgreSQL, with TimescaleDB when present),
 //! and `null` (discards, for benchmarks). Each
 //! module registers itself in [`register`].
 
 pub mod console;
 pub mod null;
 pub mod parquet;
+pub mod postgres;
 pub mod rabbitmq;
 pub mod redis;
 
@@ -19,4 +21,6 @@ pub fn register(registry: &mut Registry) {
     registry.add_sink("null", null::build);
     registry.add_sink("redis", redis::build);
     registry.add_sink("rabbitmq", rabbitmq::build);
+    registry.add_sink("timescaledb", postgres::build);
+    registry.add_sink("postgres", postgres::build);
 }

@@ -1,0 +1,417 @@
+//! The sink's table: its columns from the input's Arrow schema, the DDL that creates it on plain
+//! PostgreSQL (a BRIN index on time, retention by a periodic DELETE) or with TimescaleDB (a
+//! hypertable, compression and retention policies, and an hourly continuous aggregate of window
+//! results), and the check of an existing table's columns.
+
+use arrow::datatypes::Schema;
+use engine::schema::api_call::EVENT_TIME;
+use engine::schema::window_metrics::{
+    COUNT, ERRORS, MAX_LATENCY_MS, REVISION, WINDOW, WINDOW_END, WINDOW_START,
+};
+use tokio_postgres::types::Type;
+
+use super::columns::{pg_type, sql_name};
+
+/// How rows are written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteMode {
+    /// Raw events: appended with binary COPY.
+    Append,
+    /// Window results: upserted on (window, window_start, window_end, key columns...), a later
+    /// revision replacing an earlier one, so replaying the same input changes nothing.
+    Upsert { conflict: Vec<String> },
+}
+
+/// Everything the sink knows about its table.
+#[derive(Debug, Clone)]
+pub struct TableLayout {
+    pub schema: String,
+    pub table: String,
+    /// (column, PostgreSQL type, nullable), in the input's order.
+    pub columns: Vec<(String, Type, bool)>,
+    pub time_column: String,
+    pub mode: WriteMode,
+}
+
+pub fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+impl TableLayout {
+    /// The layout for rows of `input`: api_call rows are appended to `api_calls`, window
+    /// results upserted into `window_metrics` (either name overridable).
+    pub fn new(input: &Schema, schema: &str, table: Option<&str>) -> Result<Self, String> {
+        let mut columns = Vec::new();
+        for field in input.fields() {
+            let pg = pg_type(field.data_type()).ok_or_else(|| {
+                format!(
+                    "column `{}` has type {}, which has no PostgreSQL mapping",
+                    field.name(),
+                    field.data_type()
+                )
+            })?;
+            columns.push((field.name().clone(), pg, field.is_nullable()));
+        }
+        let is_windows = [WINDOW, WINDOW_START, WINDOW_END]
+            .iter()
+            .all(|c| input.index_of(c).is_ok());
+        let (mode, time_column, default_table) = if is_windows {
+            let start = input.index_of(WINDOW_END).map(|i| i + 1).unwrap_or(0);
+            let end = input.index_of(COUNT).unwrap_or(start);
+            let mut conflict: Vec<String> = [WINDOW, WINDOW_START, WINDOW_END]
+                .map(String::from)
+                .to_vec();
+            conflict.extend((start..end).map(|i| input.field(i).name().clone()));
+            (
+                WriteMode::Upsert { conflict },
+                WINDOW_START.to_string(),
+                "window_metrics",
+            )
+        } else if input.index_of(EVENT_TIME).is_ok() {
+            (WriteMode::Append, EVENT_TIME.to_string(), "api_calls")
+        } else {
+            return Err(format!(
+                "the input has neither `{EVENT_TIME}` (api_call rows) nor `{WINDOW_START}` (window results)"
+            ));
+        };
+        Ok(Self {
+            schema: schema.to_string(),
+            table: table.unwrap_or(default_table).to_string(),
+            columns,
+            time_column,
+            mode,
+        })
+    }
+
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", quote(&self.schema), quote(&self.table))
+    }
+
+    fn index_name(&self, suffix: &str) -> String {
+        quote(&format!("{}_{suffix}", self.table))
+    }
+
+    fn has_column(&self, name: &str) -> bool {
+        self.columns.iter().any(|(c, _, _)| c == name)
+    }
+
+    /// CREATE TABLE (and the upsert key's unique index) — the same on both paths.
+    pub fn create_table(&self, nulls_not_distinct: bool) -> Vec<String> {
+        let columns: Vec<String> = self
+            .columns
+            .iter()
+            .map(|(name, pg, nullable)| {
+                format!(
+                    "{} {}{}",
+                    quote(name),
+                    sql_name(pg),
+                    if *nullable { "" } else { " NOT NULL" }
+                )
+            })
+            .collect();
+        let mut statements = vec![format!(
+            "CREATE TABLE IF NOT EXISTS {} ({})",
+            self.qualified(),
+            columns.join(", ")
+        )];
+        if let WriteMode::Upsert { conflict } = &self.mode {
+            let keys: Vec<String> = conflict.iter().map(|c| quote(c)).collect();
+            statements.push(format!(
+                "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({}){}",
+                self.index_name("window_key"),
+                self.qualified(),
+                keys.join(", "),
+                if nulls_not_distinct {
+                    " NULLS NOT DISTINCT"
+                } else {
+                    ""
+                }
+            ));
+        }
+        statements
+    }
+
+    /// Plain PostgreSQL: a BRIN index on the time column (tiny, and right for append-mostly
+    /// time-ordered rows).
+    pub fn plain_indexes(&self) -> Vec<String> {
+        vec![format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {} USING brin ({})",
+            self.index_name("time_brin"),
+            self.qualified(),
+            quote(&self.time_column)
+        )]
+    }
+
+    /// Plain PostgreSQL retention: run periodically by the sink.
+    pub fn plain_retention(&self, seconds: u64) -> String {
+        format!(
+            "DELETE FROM {} WHERE {} < now() - INTERVAL '{seconds} seconds'",
+            self.qualified(),
+            quote(&self.time_column)
+        )
+    }
+
+    /// TimescaleDB: hypertable, compression, retention, and for window results an hourly
+    /// continuous aggregate with its refresh policy.
+    pub fn timescale_statements(
+        &self,
+        retention_seconds: Option<u64>,
+        compress_after_seconds: u64,
+        hourly_aggregate: bool,
+    ) -> Vec<String> {
+        let table = self.qualified();
+        let literal = format!("'{}'", table.replace('\'', "''"));
+        let mut statements = vec![format!(
+            "SELECT create_hypertable({literal}, {}, chunk_time_interval => INTERVAL '1 day', if_not_exists => TRUE, migrate_data => TRUE)",
+            format_args!("'{}'", self.time_column.replace('\'', "''"))
+        )];
+        let segment_by: Vec<&str> = match &self.mode {
+            WriteMode::Upsert { conflict } => conflict
+                .iter()
+                .filter(|c| ![WINDOW_START, WINDOW_END].contains(&c.as_str()))
+                .map(String::as_str)
+                .collect(),
+            WriteMode::Append => ["model", "endpoint"]
+                .into_iter()
+                .filter(|c| self.has_column(c))
+                .collect(),
+        };
+        statements.push(format!(
+            "ALTER TABLE {table} SET (timescaledb.compress = true, timescaledb.compress_segmentby = '{}', timescaledb.compress_orderby = '{} DESC')",
+            segment_by.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ").replace('\'', "''"),
+            quote(&self.time_column).replace('\'', "''")
+        ));
+        statements.push(format!(
+            "SELECT add_compression_policy({literal}, INTERVAL '{compress_after_seconds} seconds', if_not_exists => TRUE)"
+        ));
+        if let Some(seconds) = retention_seconds {
+            statements.push(format!(
+                "SELECT add_retention_policy({literal}, INTERVAL '{seconds} seconds', if_not_exists => TRUE)"
+            ));
+        }
+        if let (WriteMode::Upsert { conflict }, true) = (&self.mode, hourly_aggregate) {
+            let groups: Vec<String> = conflict
+                .iter()
+                .filter(|c| ![WINDOW_START, WINDOW_END].contains(&c.as_str()))
+                .map(|c| quote(c))
+                .collect();
+            let mut measures = vec![
+                format!("sum({0}) AS {0}", quote(COUNT)),
+                format!("sum({0}) AS {0}", quote(ERRORS)),
+                format!(
+                    "sum({})::double precision / NULLIF(sum({}), 0) AS error_rate",
+                    quote(ERRORS),
+                    quote(COUNT)
+                ),
+            ];
+            if self.has_column(MAX_LATENCY_MS) {
+                measures.push(format!("max({0}) AS {0}", quote(MAX_LATENCY_MS)));
+            }
+            for (column, _, _) in &self.columns {
+                if column.starts_with('p') && column.ends_with("_latency_ms") {
+                    measures.push(format!(
+                        "max({}) AS {}",
+                        quote(column),
+                        quote(&format!("max_{column}"))
+                    ));
+                }
+            }
+            let view = format!(
+                "{}.{}",
+                quote(&self.schema),
+                quote(&format!("{}_hourly", self.table))
+            );
+            statements.push(format!(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {view} WITH (timescaledb.continuous = true) AS SELECT time_bucket(INTERVAL '1 hour', {}) AS bucket, {}, {} FROM {table} GROUP BY bucket, {} WITH NO DATA",
+                quote(WINDOW_START),
+                groups.join(", "),
+                measures.join(", "),
+                groups.join(", ")
+            ));
+            statements.push(format!(
+                "SELECT add_continuous_aggregate_policy('{}', start_offset => INTERVAL '1 day', end_offset => INTERVAL '1 hour', schedule_interval => INTERVAL '30 minutes', if_not_exists => TRUE)",
+                view.replace('\'', "''")
+            ));
+        }
+        statements
+    }
+
+    /// The upsert: UNNEST of one array parameter per column, ON CONFLICT on the window key; a
+    /// row only replaces one of the same or an older revision.
+    pub fn upsert_statement(&self) -> Option<String> {
+        let WriteMode::Upsert { conflict } = &self.mode else {
+            return None;
+        };
+        let names: Vec<String> = self.columns.iter().map(|(c, _, _)| quote(c)).collect();
+        let arrays: Vec<String> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, (_, pg, _))| format!("${}::{}[]", i + 1, sql_name(pg)))
+            .collect();
+        let updates: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|(c, _, _)| !conflict.contains(c))
+            .map(|(c, _, _)| format!("{0} = EXCLUDED.{0}", quote(c)))
+            .collect();
+        let guard = if self.has_column(REVISION) {
+            format!(
+                " WHERE {}.{} <= EXCLUDED.{}",
+                self.qualified(),
+                quote(REVISION),
+                quote(REVISION)
+            )
+        } else {
+            String::new()
+        };
+        Some(format!(
+            "INSERT INTO {} ({}) SELECT * FROM UNNEST({}) ON CONFLICT ({}) DO UPDATE SET {}{guard}",
+            self.qualified(),
+            names.join(", "),
+            arrays.join(", "),
+            conflict
+                .iter()
+                .map(|c| quote(c))
+                .collect::<Vec<_>>()
+                .join(", "),
+            updates.join(", ")
+        ))
+    }
+
+    pub fn copy_statement(&self) -> String {
+        let names: Vec<String> = self.columns.iter().map(|(c, _, _)| quote(c)).collect();
+        format!(
+            "COPY {} ({}) FROM STDIN (FORMAT binary)",
+            self.qualified(),
+            names.join(", ")
+        )
+    }
+
+    /// Compares an existing table's columns (`(name, information_schema data_type)`) with
+    /// the layout; the error lists every difference.
+    pub fn check_columns(&self, existing: &[(String, String)]) -> Result<(), String> {
+        if existing.is_empty() {
+            return Err(format!("table {} does not exist", self.qualified()));
+        }
+        let mut problems = Vec::new();
+        for (name, pg, _) in &self.columns {
+            match existing.iter().find(|(c, _)| c == name) {
+                None => problems.push(format!("no column `{name}` ({})", sql_name(pg))),
+                Some((_, actual)) if actual != sql_name(pg) => problems.push(format!(
+                    "column `{name}` is {actual}, expected {}",
+                    sql_name(pg)
+                )),
+                Some(_) => {}
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "table {} does not match the input: {}",
+                self.qualified(),
+                problems.join("; ")
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::{DataType, Field};
+    use engine::schema::api_call::api_call_schema;
+    use engine::schema::window_metrics::window_metrics_schema;
+    use sqlparser::dialect::PostgreSqlDialect;
+    use sqlparser::parser::Parser;
+    use std::sync::Arc;
+
+    fn windows() -> TableLayout {
+        let keys = [
+            Arc::new(Field::new("model", DataType::Utf8, true)),
+            Arc::new(Field::new("endpoint", DataType::Utf8, true)),
+        ];
+        let schema = window_metrics_schema(&keys, &[0.5, 0.95, 0.99]);
+        TableLayout::new(&schema, "public", None).unwrap()
+    }
+
+    fn parses(statement: &str) {
+        // sqlparser does not know namespaced storage parameters (`timescaledb.compress = true`)
+        // nor `CREATE MATERIALIZED VIEW ... WITH NO DATA`, both PostgreSQL syntax; the rest of
+        // such a statement is still checked.
+        let statement = statement
+            .replace("timescaledb.", "timescaledb_")
+            .replace(" WITH NO DATA", "");
+        Parser::parse_sql(&PostgreSqlDialect {}, &statement)
+            .unwrap_or_else(|e| panic!("{statement}\n{e}"));
+    }
+
+    #[test]
+    fn every_statement_of_both_paths_parses_as_postgresql() {
+        let raw = TableLayout::new(&api_call_schema(), "monitoring", None).unwrap();
+        assert_eq!(raw.table, "api_calls");
+        assert_eq!(raw.mode, WriteMode::Append);
+        let windows = windows();
+        assert_eq!(
+            windows.mode,
+            WriteMode::Upsert {
+                conflict: ["window", "window_start", "window_end", "model", "endpoint"]
+                    .map(String::from)
+                    .to_vec()
+            }
+        );
+        for layout in [&raw, &windows] {
+            for statement in layout
+                .create_table(true)
+                .into_iter()
+                .chain(layout.plain_indexes())
+                .chain([layout.plain_retention(86_400)])
+                .chain(layout.timescale_statements(Some(30 * 86_400), 7 * 86_400, true))
+                .chain(layout.upsert_statement())
+            {
+                parses(&statement);
+            }
+        }
+        let timescale = windows.timescale_statements(Some(60), 120, true);
+        assert!(timescale[0].starts_with(
+            "SELECT create_hypertable('\"public\".\"window_metrics\"', 'window_start'"
+        ));
+        assert!(timescale
+            .iter()
+            .any(|s| s.contains("WITH (timescaledb.continuous = true)")
+                && s.contains("max(\"p99_latency_ms\") AS \"max_p99_latency_ms\"")));
+        assert!(timescale.iter().any(|s| s.contains("add_retention_policy")));
+    }
+
+    #[test]
+    fn the_upsert_keeps_the_newest_revision_and_the_check_lists_differences() {
+        let layout = windows();
+        let upsert = layout.upsert_statement().unwrap();
+        assert!(upsert.contains(
+            "ON CONFLICT (\"window\", \"window_start\", \"window_end\", \"model\", \"endpoint\")"
+        ));
+        assert!(upsert.ends_with(
+            "WHERE \"public\".\"window_metrics\".\"revision\" <= EXCLUDED.\"revision\""
+        ));
+        assert!(upsert.contains("$1::text[]"));
+        let mut existing: Vec<(String, String)> = layout
+            .columns
+            .iter()
+            .map(|(c, pg, _)| (c.clone(), sql_name(pg).to_string()))
+            .collect();
+        layout.check_columns(&existing).unwrap();
+        existing.retain(|(c, _)| c != "errors");
+        existing[0].1 = "integer".into();
+        let error = layout.check_columns(&existing).unwrap_err();
+        assert!(
+            error.contains("column `window` is integer, expected text"),
+            "{error}"
+        );
+        assert!(error.contains("no column `errors` (bigint)"), "{error}");
+        assert!(layout
+            .check_columns(&[])
+            .unwrap_err()
+            .contains("does not exist"));
+    }
+}
