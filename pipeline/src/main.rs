@@ -63,6 +63,9 @@ enum Command {
     /// Run everything embedded: a simulated model API, traffic against it, windows, a live
     /// console view and Parquet history under --data.
     Demo(demo::DemoOptions),
+    /// Serve the demo's simulated model API alone (OpenAI-style chat with streaming, KServe v2
+    /// inference): a sample upstream to put a proxy in front of.
+    ModelApi(demo::ModelApiOptions),
 }
 
 fn main() -> ExitCode {
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
             Command::Graph { file, format } => commands::graph(&file, format),
             Command::Query { sql, data, format } => query::run_cli(&sql, &data, format).await,
             Command::Demo(options) => demo::run(options).await,
+            Command::ModelApi(options) => demo::serve_model_api(options).await,
         }
     });
     match result {

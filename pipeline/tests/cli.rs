@@ -338,3 +338,52 @@ max_file_age = "1h"
         "3 s at 200/s flushed {flushed} events into the open window"
     );
 }
+
+#[test]
+fn model_api_serves_the_simulated_api_until_sigterm() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args([
+            "model-api",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--latency-ms",
+            "1",
+            "--error-rate",
+            "0",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::blocking::Client::new();
+    let mut health = None;
+    for _ in 0..100 {
+        if let Ok(response) = client.get(format!("http://127.0.0.1:{port}/health")).send() {
+            health = Some(response.status());
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(health, Some(reqwest::StatusCode::OK));
+    let body: serde_json::Value = client
+        .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+        .body(r#"{"model": "gpt-4o"}"#)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(body["model"], "gpt-4o");
+    assert!(
+        body["usage"]["completion_tokens"].as_u64().is_some(),
+        "{body}"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}

@@ -64,6 +64,49 @@ pub struct DemoOptions {
     pub no_incidents: bool,
 }
 
+/// Options of `pipeline model-api`: the demo's simulated model API alone, as a sample upstream
+/// (docker-compose puts an edge proxy in front of it).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelApiOptions {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+    /// Median latency, in milliseconds (log-normal).
+    #[arg(long, default_value_t = 80.0)]
+    pub latency_ms: f64,
+    /// Spread of the log-normal latency.
+    #[arg(long, default_value_t = 0.5)]
+    pub latency_sigma: f64,
+    /// Fraction of calls that fail.
+    #[arg(long, default_value_t = 0.01)]
+    pub error_rate: f64,
+}
+
+/// Serves the simulated model API until SIGINT/SIGTERM.
+pub async fn serve_model_api(options: ModelApiOptions) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&options.error_rate),
+        "--error-rate must be between 0 and 1"
+    );
+    anyhow::ensure!(options.latency_ms > 0.0, "--latency-ms must be positive");
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", options.listen))?;
+    let config = Arc::new(ModelApiConfig {
+        latency: LatencyDistribution::LogNormal {
+            median_ms: options.latency_ms,
+            sigma: options.latency_sigma.max(0.0),
+        },
+        error_rate: options.error_rate,
+        incidents: Vec::new(),
+        started: Instant::now(),
+    });
+    let stop = crate::shutdown::on_signal();
+    tracing::info!(listen = %options.listen, "simulated model API listening: POST /v1/chat/completions, POST /v2/models/{{name}}/infer, GET /v1/models, GET /health");
+    model_api::serve(listener, config, stop).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Waits until the proxy answers its health check (or the pipeline has already stopped).
 async fn wait_for_proxy<T>(health: &str, run: &tokio::task::JoinHandle<T>) -> anyhow::Result<()> {
     let client = reqwest::Client::builder().no_proxy().build()?;

@@ -244,27 +244,36 @@ impl PostgresSink {
     }
 }
 
+/// Serialises schema changes of every sink (and every pipeline process) on one database, so
+/// concurrent `CREATE ... IF NOT EXISTS` do not collide.
+const DDL_LOCK: i64 = 0x7069_7065_6c69_6e65; // "pipeline"
+
 /// Creates (or checks) the table; returns whether TimescaleDB is in use.
 async fn prepare(
     pool: &Pool,
     layout: &TableLayout,
     config: &PostgresConfig,
 ) -> Result<bool, Failure> {
-    let client = pool.get().await?;
-    let timescale = client
+    let mut client = pool.get().await?;
+    let transaction = client.transaction().await?;
+    transaction
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK])
+        .await?;
+    let timescale = transaction
         .query_opt(
             "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'",
             &[],
         )
         .await?
         .is_some();
-    let version: i32 = client
+    let version: i32 = transaction
         .query_one("SELECT current_setting('server_version_num')::int", &[])
         .await?
         .get(0);
-    let existing = existing_columns(&client, layout).await?;
+    let existing = existing_columns(&transaction, layout).await?;
     if config.schema_mode == SchemaMode::Check || !existing.is_empty() {
         layout.check_columns(&existing).map_err(Failure::Fatal)?;
+        transaction.commit().await?;
         return Ok(timescale);
     }
     if matches!(layout.mode, WriteMode::Upsert { .. }) && version < 150_000 {
@@ -283,19 +292,20 @@ async fn prepare(
         statements.extend(layout.plain_indexes());
     }
     for statement in statements {
-        client
+        transaction
             .batch_execute(&statement)
             .await
             .map_err(|e| Failure::Fatal(format!("{}: {statement}", describe(&e))))?;
     }
+    transaction.commit().await?;
     Ok(timescale)
 }
 
 async fn existing_columns(
-    client: &deadpool_postgres::Client,
+    transaction: &tokio_postgres::Transaction<'_>,
     layout: &TableLayout,
 ) -> Result<Vec<(String, String)>, Failure> {
-    let rows = client
+    let rows = transaction
         .query(
             "SELECT column_name::text, data_type::text FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
             &[&layout.schema, &layout.table],

@@ -95,7 +95,7 @@ impl TableLayout {
         self.columns.iter().any(|(c, _, _)| c == name)
     }
 
-    /// CREATE TABLE (and the upsert key's unique index) — the same on both paths.
+    /// CREATE SCHEMA / TABLE (and the upsert key's unique index) — the same on both paths.
     pub fn create_table(&self, nulls_not_distinct: bool) -> Vec<String> {
         let columns: Vec<String> = self
             .columns
@@ -109,11 +109,18 @@ impl TableLayout {
                 )
             })
             .collect();
-        let mut statements = vec![format!(
+        let mut statements = Vec::new();
+        if self.schema != "public" {
+            statements.push(format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                quote(&self.schema)
+            ));
+        }
+        statements.push(format!(
             "CREATE TABLE IF NOT EXISTS {} ({})",
             self.qualified(),
             columns.join(", ")
-        )];
+        ));
         if let WriteMode::Upsert { conflict } = &self.mode {
             let keys: Vec<String> = conflict.iter().map(|c| quote(c)).collect();
             statements.push(format!(
