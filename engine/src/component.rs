@@ -75,6 +75,13 @@ impl CheckpointRequester {
 #[async_trait]
 pub trait Source: Send {
     async fn run(self: Box<Self>, ctx: SourceContext) -> ComponentResult;
+
+    /// A fail-open source (the proxy) keeps running when a downstream component fails: its
+    /// `shutdown` is cancelled only by a shutdown request, and it must drop (and count) what it
+    /// can no longer send instead of stopping.
+    fn fail_open(&self) -> bool {
+        false
+    }
 }
 
 /// What an operator emits while handling one call.

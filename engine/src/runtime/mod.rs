@@ -292,6 +292,13 @@ impl BuiltPipeline {
             };
             match node.component {
                 BuiltComponent::Source(source) => {
+                    // A failed component stops ordinary sources; a fail-open one only stops
+                    // on a shutdown request.
+                    let stop = if source.fail_open() {
+                        shutdown.clone()
+                    } else {
+                        failure.clone()
+                    };
                     let (barrier_tx, barrier_rx) = mpsc::channel(4);
                     barrier_senders.push(barrier_tx);
                     let context = crate::component::SourceContext {
@@ -302,7 +309,7 @@ impl BuiltPipeline {
                         checkpoint_requests: crate::component::CheckpointRequester(
                             trigger_tx.clone(),
                         ),
-                        shutdown: failure.clone(),
+                        shutdown: stop,
                         metrics: node.metrics.clone(),
                     };
                     tasks.spawn(async move { wrap(id, source.run(context).await) });

@@ -73,7 +73,11 @@ impl Output {
         if edges.is_empty() {
             return Ok(());
         }
-        send_all(edges, Message::Data(batch)).await?;
+        if let Err(error) = send_all(edges, Message::Data(batch)).await {
+            // Delivered nowhere: the rows are dropped, and counted as such.
+            self.metrics.add_dropped(rows as u64);
+            return Err(error);
+        }
         self.metrics.record_out(rows);
         Ok(())
     }

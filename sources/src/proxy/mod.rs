@@ -256,6 +256,30 @@ impl Source for ProxySource {
             &drained,
         )
         .await;
-        result
+        match result {
+            // Fail-open: everything downstream is gone (a component failed), but the model API
+            // must not notice. Keep forwarding calls; count their events as dropped.
+            Err(ComponentError::DownstreamClosed) => {
+                tracing::error!(source = %ctx.id, "proxy: every downstream component has stopped; still forwarding calls, their events are dropped and counted");
+                loop {
+                    tokio::select! {
+                        _ = drained.cancelled() => break,
+                        event = receiver.recv() => match event {
+                            Some(_) => ctx.metrics.add_dropped(1),
+                            None => break,
+                        },
+                    }
+                }
+                while receiver.try_recv().is_ok() {
+                    ctx.metrics.add_dropped(1);
+                }
+                Err(ComponentError::DownstreamClosed)
+            }
+            other => other,
+        }
+    }
+
+    fn fail_open(&self) -> bool {
+        true
     }
 }
