@@ -636,3 +636,79 @@ async fn large_bodies_pass_through_byte_for_byte_in_both_directions() {
         (Some(4 << 20), Some(4 << 20))
     );
 }
+
+/// Sends raw bytes and returns what the proxy answered (until it closes the connection).
+async fn raw_exchange(address: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).to_string()
+}
+
+#[tokio::test]
+async fn malformed_requests_get_a_4xx_and_an_event_and_the_proxy_carries_on() {
+    let upstream = start_upstream().await;
+    let proxy = Proxy::start(&format!("http://{upstream}"), "", 64).await;
+    let address = proxy.url.trim_start_matches("http://").to_string();
+    let invalid_header = raw_exchange(
+        &address,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nBad\x01Name: y\r\n\r\n",
+    )
+    .await;
+    assert!(
+        invalid_header.starts_with("HTTP/1.1 400"),
+        "{invalid_header:?}"
+    );
+    let bad_length = raw_exchange(
+        &address,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",
+    )
+    .await;
+    assert!(bad_length.starts_with("HTTP/1.1 400"), "{bad_length:?}");
+    let mut oversized = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    oversized.extend(std::iter::repeat_n(b'a', 512 * 1024));
+    oversized.extend_from_slice(b"\r\n\r\n");
+    let too_large = raw_exchange(&address, &oversized).await;
+    assert!(
+        too_large.starts_with("HTTP/1.1 431"),
+        "{:?}",
+        &too_large[..too_large.len().min(80)]
+    );
+    // A client that promises a body and goes away half-way through it.
+    let truncated = raw_exchange(
+        &address,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"model\": \"gpt",
+    );
+    let _ = tokio::time::timeout(Duration::from_millis(300), truncated).await;
+    // And it still serves.
+    let ok = client()
+        .post(format!("{}/v1/chat/completions", proxy.url))
+        .body(r#"{"model": "m"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls = proxy.stop().await;
+    let malformed: Vec<&ApiCall> = calls
+        .iter()
+        .filter(|c| c.endpoint.as_deref() == Some(sources::proxy::MALFORMED_ROUTE))
+        .collect();
+    let mut statuses: Vec<u16> = malformed.iter().filter_map(|c| c.status_code).collect();
+    statuses.sort();
+    assert_eq!(statuses, [400, 400, 431], "{calls:#?}");
+    assert!(malformed
+        .iter()
+        .all(|c| c.outcome == Outcome::ClientError && c.labels.contains_key("proxy_error")));
+    assert!(calls.iter().any(|c| c.status_code == Some(200)));
+    // The half-sent body: the call was started and its client went away.
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.endpoint.as_deref() == Some("/v1/chat/completions")
+                && c.status_code != Some(200)),
+        "{calls:#?}"
+    );
+}

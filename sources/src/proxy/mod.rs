@@ -32,8 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::ProxyConfig;
 use extract::{CardinalityCap, Recognizer, RouteTemplate};
-pub use server::strip_hop_by_hop;
 use server::Forwarder;
+pub use server::{strip_hop_by_hop, MALFORMED_ROUTE};
 
 /// Finishes events (model from the body prefix, caps) and queues them without blocking.
 pub struct Emitter {
@@ -192,14 +192,25 @@ async fn serve(listener: TcpListener, forwarder: Arc<Forwarder>, stop: Cancellat
             },
         };
         let _ = stream.set_nodelay(true);
-        let forwarder = forwarder.clone();
-        let service = service_fn(move |request| forwarder.clone().handle(request, client));
+        let handler = forwarder.clone();
+        let service = service_fn(move |request| handler.clone().handle(request, client));
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let connection = graceful.watch(connection);
+        let recorder = forwarder.clone();
         tokio::spawn(async move {
-            let _ = connection.await;
+            let since = std::time::Instant::now();
+            if let Err(error) = connection.await {
+                // Requests hyper rejected before any handler ran still become events.
+                if let Some(error) = error.downcast_ref::<hyper::Error>() {
+                    if error.is_parse_too_large() {
+                        recorder.malformed_request(client, 431, &error.to_string(), since);
+                    } else if error.is_parse() {
+                        recorder.malformed_request(client, 400, &error.to_string(), since);
+                    }
+                }
+            }
         });
     }
     // Let calls in flight finish (bounded), so their events are emitted.

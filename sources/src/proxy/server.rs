@@ -25,6 +25,9 @@ use super::config::{HostHeader, ProxyConfig, UpstreamProtocol, WebSocketPolicy};
 use super::observe::BodyKind;
 use super::Emitter;
 
+/// The `endpoint` of requests too malformed to have a route.
+pub const MALFORMED_ROUTE: &str = "(malformed request)";
+
 pub type ProxyBody = Either<ObservedBody<Incoming>, Full<Bytes>>;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
@@ -116,6 +119,27 @@ impl Forwarder {
             .headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         response
+    }
+
+    /// Records a request hyper refused before it reached `handle` (malformed request line or
+    /// headers, an invalid Content-Length, headers over the size limit): hyper answers it with
+    /// `status` and closes the connection; the event says what happened.
+    pub fn malformed_request(&self, client: SocketAddr, status: u16, detail: &str, since: Instant) {
+        let mut labels = std::collections::BTreeMap::new();
+        labels.insert("proxy_error".to_string(), detail.to_string());
+        labels.insert("client_address".to_string(), client.ip().to_string());
+        let event = ApiCall {
+            event_time: now_micros(),
+            request_id: uuid::Uuid::new_v4().to_string(),
+            endpoint: Some(MALFORMED_ROUTE.to_string()),
+            status_code: Some(status),
+            outcome: Outcome::ClientError,
+            latency_ms: since.elapsed().as_secs_f64() * 1000.0,
+            upstream: Some(self.upstream_authority.clone()),
+            labels,
+            ..Default::default()
+        };
+        self.emitter.emit(event, &[]);
     }
 
     /// Handles one request. Never fails: upstream problems become 502 / 504 responses.
