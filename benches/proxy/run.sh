@@ -3,10 +3,13 @@
 # OpenAI-style JSON body) directly, through nginx `proxy_pass`, and through the pipeline's proxy
 # source (feeding windows and a null sink), in one run on this machine.
 #
-#   benches/proxy/run.sh [duration=15s] [connections=64]
+#   benches/proxy/run.sh [duration=15s] [connections=64]      (RATE=5000 for the fixed-rate part)
+#
+# Then, at a fixed rate (benches' `fixed-rate` tool, open loop), the latency each path adds
+# over the direct call.
 #
 # Needs: wrk and nginx (Debian: apt-get install wrk nginx-light), and a release build
-# (cargo build --release -p pipeline). Everything listens on 127.0.0.1 only.
+# (cargo build --release -p pipeline -p benches). Everything listens on 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 duration="${1:-15s}"
@@ -99,5 +102,17 @@ printf '|%s|%s|%s|%s|\n' "------------------------------------" "--------------"
 run "direct (nginx upstream)" "http://127.0.0.1:18002/v1/chat/completions"
 run "nginx proxy_pass" "http://127.0.0.1:18080/v1/chat/completions"
 run "pipeline proxy (events -> window)" "http://127.0.0.1:19090/v1/chat/completions"
+
+# Added latency at a fixed, realistic rate (open loop: no coordinated omission).
+fixed_rate="$target/release/fixed-rate"
+if [ -x "$fixed_rate" ]; then
+  echo
+  "$fixed_rate" --rate "${RATE:-5000}" --duration "$duration" \
+    http://127.0.0.1:18002/v1/chat/completions \
+    http://127.0.0.1:18080/v1/chat/completions \
+    http://127.0.0.1:19090/v1/chat/completions
+else
+  echo "(build the fixed-rate tool for the added-latency table: cargo build --release -p benches --bin fixed-rate)"
+fi
 health=$(curl -s http://127.0.0.1:19091/health)
 echo "pipeline proxy /health after the run: $health"
