@@ -487,6 +487,28 @@ impl<'a> ComponentSpec<'a> {
         self.source.error(&span, Some(&self.path), message)
     }
 
+    /// An error located at a nested setting: `path` walks tables by key and arrays by index
+    /// (e.g. `["detectors", "1", "threshold"]`), stopping at the deepest part that exists.
+    pub fn error_at_path(&self, path: &[&str], message: impl Into<String>) -> ConfigError {
+        let mut span = self.type_span.clone();
+        let mut value = self.body.get_ref();
+        for part in path {
+            let next = match value {
+                DeValue::Table(table) => table.get(*part),
+                DeValue::Array(items) => part.parse::<usize>().ok().and_then(|i| items.get(i)),
+                _ => None,
+            };
+            match next {
+                Some(found) => {
+                    span = found.span();
+                    value = found.get_ref();
+                }
+                None => break,
+            }
+        }
+        self.source.error(&span, Some(&self.path), message)
+    }
+
     /// An error located at entry `index` of `inputs`.
     pub fn error_at_input(&self, index: usize, message: impl Into<String>) -> ConfigError {
         let span = self
