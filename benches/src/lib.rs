@@ -28,3 +28,5 @@ pub fn synthetic_batches(
         })
         .collect()
 }
+
+pub mod nab;
