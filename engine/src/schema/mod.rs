@@ -1,6 +1,7 @@
-//! The two schemas that matter most, defined once: `api_call` (one row per intercepted call) and
-//! `window_metrics` (one row per window and key).
+//! The schemas that matter most, defined once: `api_call` (one row per intercepted call),
+//! `window_metrics` (one row per window and key) and `alert` (one row per alert state change).
 
+pub mod alert;
 pub mod api_call;
 pub mod window_metrics;
 
