@@ -61,17 +61,24 @@ pub fn build(ctx: &BuildContext<'_, '_>) -> Result<BuiltOperator, ConfigError> {
 }
 
 impl Filter {
-    /// The rows of `batch` for which the condition is true (null counts as false).
-    pub fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch, ComponentError> {
+    /// Whether the condition holds for each row of `batch` (null where it is unknown).
+    pub fn mask(&self, batch: &RecordBatch) -> Result<BooleanArray, ComponentError> {
         let value = self
             .predicate
             .evaluate(batch)
             .and_then(|v| v.into_array(batch.num_rows()))
             .map_err(|e| ComponentError::other(format!("evaluating the condition: {e}")))?;
-        let mask = value
+        value
             .as_any()
             .downcast_ref::<BooleanArray>()
-            .ok_or_else(|| ComponentError::other("the condition did not give booleans"))?;
+            .cloned()
+            .ok_or_else(|| ComponentError::other("the condition did not give booleans"))
+    }
+
+    /// The rows of `batch` for which the condition is true (null counts as false).
+    pub fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch, ComponentError> {
+        let mask = self.mask(batch)?;
+        let mask = &mask;
         if mask.null_count() == 0 && mask.true_count() == batch.num_rows() {
             return Ok(batch.clone());
         }

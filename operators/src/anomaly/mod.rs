@@ -21,6 +21,7 @@ use engine::registry::{BuildContext, BuiltOperator, OutputPort};
 use hashbrown::HashMap;
 use serde::Deserialize;
 
+use crate::series_key::{field_index, key_columns, path, BuildError, RowKeys};
 pub use detector::{Detector, DetectorConfig, DetectorState, Direction, MethodName, Verdict};
 
 #[derive(Debug, Deserialize)]
@@ -96,49 +97,16 @@ pub fn build(ctx: &BuildContext<'_, '_>) -> Result<BuiltOperator, ConfigError> {
     })
 }
 
-type BuildError = (Vec<String>, String);
-
-fn field_index(input: &Schema, name: &str, path: Vec<String>) -> Result<usize, BuildError> {
-    input.index_of(name).map_err(|_| {
-        let names: Vec<&str> = input.fields().iter().map(|f| f.name().as_str()).collect();
-        (
-            path,
-            format!(
-                "no field `{name}` in the input; it has: {}",
-                names.join(", ")
-            ),
-        )
-    })
-}
-
 impl AnomalyOperator {
     fn new(config: &AnomalyConfig, input: &SchemaRef) -> Result<Self, BuildError> {
-        let at = |parts: &[&str]| parts.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let at = path;
         if config.detectors.is_empty() {
             return Err((at(&["detectors"]), "configure at least one detector".into()));
         }
         if config.max_keys == 0 {
             return Err((at(&["max_keys"]), "must be at least 1".into()));
         }
-        let key_columns = match &config.key {
-            Some(names) => names
-                .iter()
-                .enumerate()
-                .map(|(i, name)| field_index(input, name, at(&["key", &i.to_string()])))
-                .collect::<Result<Vec<_>, _>>()?,
-            None => input
-                .fields()
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| {
-                    matches!(
-                        f.data_type(),
-                        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-                    )
-                })
-                .map(|(i, _)| i)
-                .collect(),
-        };
+        let key_columns = key_columns(config.key.as_deref(), input)?;
         let time_column = field_index(input, &config.time_field, at(&["time_field"]))?;
         if !matches!(
             input.field(time_column).data_type(),
@@ -226,11 +194,7 @@ impl AnomalyOperator {
 
     fn score(&mut self, batch: &RecordBatch) -> ComponentResult<RecordBatch> {
         let rows = batch.num_rows();
-        let keys: Vec<ArrayRef> = self
-            .key_columns
-            .iter()
-            .map(|&i| cast(batch.column(i), &DataType::Utf8))
-            .collect::<Result<_, _>>()?;
+        let keys = RowKeys::new(batch, &self.key_columns)?;
         let times = cast(batch.column(self.time_column), &DataType::Int64)?;
         let times = times.as_primitive::<Int64Type>();
         let values: Vec<Vec<ArrayRef>> = self
@@ -262,14 +226,7 @@ impl AnomalyOperator {
         let mut key = String::new();
         let mut point = Vec::new();
         for row in 0..rows {
-            key.clear();
-            for column in &keys {
-                let text = column.as_string::<i32>();
-                if text.is_valid(row) {
-                    key.push_str(text.value(row));
-                }
-                key.push('\u{1f}');
-            }
+            keys.write(row, &mut key);
             self.sequence += 1;
             if !self.keys.contains_key(key.as_str()) {
                 if self.keys.len() >= self.max_keys {
