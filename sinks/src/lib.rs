@@ -1,8 +1,8 @@
 //! Sinks: `console` (a readable table or JSON lines), `parquet` (partitioned files on a local
 //! directory or S3-compatible object storage), `redis` (live window state, series and pub/sub),
 //! `rabbitmq` (events or results to an exchange, confirmed), `timescaledb` / `postgres` (history
-//! in PostgreSQL, with TimescaleDB when present),
-//! and `null` (discards, for benchmarks). Each
+//! in PostgreSQL, with TimescaleDB when present), `webhook` and `slack` (alert notifications,
+//! signed, retried, through a durable queue), and `null` (discards, for benchmarks). Each
 //! module registers itself in [`register`].
 
 pub mod console;
@@ -11,6 +11,7 @@ pub mod parquet;
 pub mod postgres;
 pub mod rabbitmq;
 pub mod redis;
+pub mod webhook;
 
 use engine::registry::Registry;
 
@@ -23,4 +24,6 @@ pub fn register(registry: &mut Registry) {
     registry.add_sink("rabbitmq", rabbitmq::build);
     registry.add_sink("timescaledb", postgres::build);
     registry.add_sink("postgres", postgres::build);
+    registry.add_sink("webhook", webhook::build);
+    registry.add_sink("slack", webhook::build_slack);
 }

@@ -107,6 +107,7 @@ fn cell(column: &dyn Array, row: usize) -> Value {
     match column.data_type() {
         DataType::Utf8 => Value::from(column.as_string::<i32>().value(row)),
         DataType::Utf8View => Value::from(column.as_string_view().value(row)),
+        DataType::Boolean => Value::from(column.as_boolean().value(row)),
         DataType::Float64 => {
             let v = column
                 .as_primitive::<arrow::datatypes::Float64Type>()
@@ -250,5 +251,21 @@ impl Sink for RedisSink {
 
     async fn flush(&mut self) -> ComponentResult {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{BooleanArray, Float64Array};
+
+    #[test]
+    fn cells_become_json_values() {
+        let flags = BooleanArray::from(vec![Some(true), None]);
+        assert_eq!(cell(&flags, 0), Value::Bool(true));
+        assert_eq!(cell(&flags, 1), Value::Null);
+        let numbers = Float64Array::from(vec![f64::NAN, 1.5]);
+        assert_eq!(cell(&numbers, 0), Value::Null);
+        assert_eq!(cell(&numbers, 1), serde_json::json!(1.5));
     }
 }
