@@ -8,6 +8,13 @@
 //! - `{prefix}:keys:{window}` — a set of the keys seen, expiring after `ttl`;
 //! - a PUBLISH of each row as JSON on `{prefix}:windows` for live consumers.
 //!
+//! Given alert rows (from an `alert` operator) instead, it keeps:
+//!
+//! - `{prefix}:alerts:active` — a hash from `alert_id` to the alert's latest change as JSON,
+//!   holding exactly the alerts pending or firing (a `resolved` change removes its entry);
+//! - `{prefix}:alerts:recent` — a list of the newest `series_length` changes, newest first;
+//! - a PUBLISH of every change as JSON on `{prefix}:alerts`.
+//!
 //! `{key}` is the row's key columns joined with `|` (an absent value is empty). A later revision
 //! of a window replaces the earlier one in the series (same score, removed before adding).
 //! The connection manager reconnects by itself; a failed batch is retried with backoff.
@@ -21,11 +28,14 @@ use async_trait::async_trait;
 use engine::component::{ComponentError, ComponentResult, Sink};
 use engine::config::ConfigError;
 use engine::registry::BuildContext;
+use engine::schema::alert::{alert_schema, batch_to_notifications, AlertState};
 use engine::schema::window_metrics::{WINDOW, WINDOW_END, WINDOW_START};
 use engine::time::{format_micros, ConfigDuration};
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+
+use crate::webhook::payload::Format;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,11 +79,12 @@ fn key_columns(schema: &SchemaRef) -> Vec<usize> {
 pub fn build(ctx: &BuildContext<'_, '_>) -> Result<Box<dyn Sink>, ConfigError> {
     let config: RedisConfig = ctx.spec.settings()?;
     let schema = ctx.input_schema()?;
+    let alerts = schema.fields() == alert_schema().fields();
     for field in [WINDOW, WINDOW_START, WINDOW_END] {
-        if schema.index_of(field).is_err() {
+        if !alerts && schema.index_of(field).is_err() {
             return Err(ctx.spec.error_at_input(
                 0,
-                format!("the redis sink keeps window results; the input has no `{field}` (connect it to a window operator)"),
+                format!("the redis sink keeps window results or alerts; the input has no `{field}` (connect it to a window, anomaly or alert operator)"),
             ));
         }
     }
@@ -88,6 +99,7 @@ pub fn build(ctx: &BuildContext<'_, '_>) -> Result<Box<dyn Sink>, ConfigError> {
     })?;
     Ok(Box::new(RedisSink {
         keys: key_columns(&schema),
+        alerts,
         config,
         connection: None,
     }))
@@ -96,6 +108,8 @@ pub fn build(ctx: &BuildContext<'_, '_>) -> Result<Box<dyn Sink>, ConfigError> {
 pub struct RedisSink {
     config: RedisConfig,
     keys: Vec<usize>,
+    /// The input is alert rows, not window results.
+    alerts: bool,
     connection: Option<ConnectionManager>,
 }
 
@@ -157,8 +171,34 @@ impl RedisSink {
         Ok(connection)
     }
 
+    /// The pipelined commands for one batch of alert changes.
+    fn alert_commands(&self, batch: &RecordBatch) -> ComponentResult<redis::Pipeline> {
+        let prefix = &self.config.key_prefix;
+        let active = format!("{prefix}:alerts:active");
+        let recent = format!("{prefix}:alerts:recent");
+        let mut pipe = redis::pipe();
+        for notification in batch_to_notifications(batch)? {
+            let json = crate::webhook::payload::body(Format::Json, &notification, "", "");
+            if notification.state == AlertState::Resolved {
+                pipe.hdel(&active, &notification.alert_id).ignore();
+            } else {
+                pipe.hset(&active, &notification.alert_id, &json).ignore();
+            }
+            pipe.lpush(&recent, &json).ignore();
+            pipe.ltrim(&recent, 0, self.config.series_length as isize - 1)
+                .ignore();
+            if self.config.publish {
+                pipe.publish(format!("{prefix}:alerts"), &json).ignore();
+            }
+        }
+        Ok(pipe)
+    }
+
     /// The pipelined commands for one batch.
     pub fn commands(&self, batch: &RecordBatch) -> ComponentResult<redis::Pipeline> {
+        if self.alerts {
+            return self.alert_commands(batch);
+        }
         let schema = batch.schema();
         let window = batch
             .column_by_name(WINDOW)

@@ -154,3 +154,106 @@ async fn a_later_revision_replaces_the_window_in_the_series() {
         (Some(2), Some(1))
     );
 }
+
+fn alert(
+    model: &str,
+    state: engine::schema::alert::AlertState,
+    minute: i64,
+) -> engine::schema::alert::AlertNotification {
+    use engine::schema::alert::AlertState;
+    engine::schema::alert::AlertNotification {
+        notification_id: format!("{model}-{}-{minute}", state.as_str()),
+        alert_id: format!("alert-{model}"),
+        rule: "HighErrorRate".into(),
+        state,
+        severity: "critical".into(),
+        labels: [("model".to_string(), model.to_string())]
+            .into_iter()
+            .collect(),
+        annotations: Default::default(),
+        value: Some(0.2),
+        active_at: 0,
+        fired_at: (state != AlertState::Pending).then_some(60 * SEC),
+        resolved_at: (state == AlertState::Resolved).then_some(minute * 60 * SEC),
+        event_time: minute * 60 * SEC,
+    }
+}
+
+#[tokio::test]
+async fn active_alerts_recent_changes_and_publications() {
+    use engine::schema::alert::{alert_schema, notifications_to_batch, AlertState};
+    let Some(mut redis) = redis_or_skip().await else {
+        return;
+    };
+    let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let mut sink = sink(&prefix, alert_schema());
+    let client = redis::Client::open(URL).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(format!("{prefix}:alerts")).await.unwrap();
+
+    let changes = [
+        alert("a", AlertState::Firing, 1),
+        alert("b", AlertState::Pending, 1),
+        alert("b", AlertState::Firing, 2),
+        alert("a", AlertState::Resolved, 3),
+        alert("c", AlertState::Firing, 3),
+    ];
+    sink.write(notifications_to_batch(&changes)).await.unwrap();
+
+    let active: std::collections::HashMap<String, String> = redis
+        .hgetall(format!("{prefix}:alerts:active"))
+        .await
+        .unwrap();
+    let mut ids: Vec<&String> = active.keys().collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        vec!["alert-b", "alert-c"],
+        "a resolved; b and c firing"
+    );
+    let b: serde_json::Value = serde_json::from_str(&active["alert-b"]).unwrap();
+    assert_eq!(b["state"], "firing");
+    // The recent list keeps the newest `series_length` (3) changes, newest first.
+    let recent: Vec<String> = redis
+        .lrange(format!("{prefix}:alerts:recent"), 0, -1)
+        .await
+        .unwrap();
+    let states: Vec<(String, String)> = recent
+        .iter()
+        .map(|j| {
+            let v: serde_json::Value = serde_json::from_str(j).unwrap();
+            (
+                v["alert_id"].as_str().unwrap().to_string(),
+                v["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("alert-c".to_string(), "firing".to_string()),
+            ("alert-a".to_string(), "resolved".to_string()),
+            ("alert-b".to_string(), "firing".to_string())
+        ]
+    );
+    let mut messages = pubsub.on_message();
+    let mut published = Vec::new();
+    for _ in 0..changes.len() {
+        let message = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .expect("a publication")
+            .expect("a message");
+        let payload: String = message.get_payload().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&payload).unwrap();
+        published.push(v["notification_id"].as_str().unwrap().to_string());
+    }
+    let expected: Vec<String> = changes.iter().map(|c| c.notification_id.clone()).collect();
+    assert_eq!(published, expected, "every change published, in order");
+    let _: () = redis
+        .del(&[
+            format!("{prefix}:alerts:active"),
+            format!("{prefix}:alerts:recent"),
+        ])
+        .await
+        .unwrap();
+}

@@ -52,6 +52,12 @@ impl TableLayout {
             })?;
             columns.push((field.name().clone(), pg, field.is_nullable()));
         }
+        if input
+            .index_of(engine::schema::alert::NOTIFICATION_ID)
+            .is_ok()
+        {
+            return Err("alert rows have no PostgreSQL table yet: keep their history with a `parquet` sink (`table = \"alerts\"`)".to_string());
+        }
         let is_windows = [WINDOW, WINDOW_START, WINDOW_END]
             .iter()
             .all(|c| input.index_of(c).is_ok());
@@ -333,6 +339,13 @@ mod tests {
     use sqlparser::dialect::PostgreSqlDialect;
     use sqlparser::parser::Parser;
     use std::sync::Arc;
+
+    #[test]
+    fn alert_rows_are_refused_with_a_pointer_to_parquet() {
+        let schema = engine::schema::alert::alert_schema();
+        let error = TableLayout::new(&schema, "public", None).expect_err("refused");
+        assert!(error.contains("parquet"), "{error}");
+    }
 
     fn windows() -> TableLayout {
         let keys = [
