@@ -71,6 +71,37 @@ fn main() -> Result<()> {
             points as f64 / best.as_secs_f64()
         );
     }
+    // The reference point of NAB's scale: uniformly random scores (a seeded generator).
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let random: Vec<Vec<f64>> = files
+        .iter()
+        .map(|f| {
+            f.values
+                .iter()
+                .map(|_| {
+                    // xorshift64*: plenty for a baseline, and the same every run.
+                    state ^= state >> 12;
+                    state ^= state << 25;
+                    state ^= state >> 27;
+                    (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+                })
+                .collect()
+        })
+        .collect();
+    let labels: Vec<_> = files.iter().map(|f| f.labels.clone()).collect();
+    let baseline: Vec<_> = PROFILES
+        .iter()
+        .map(|p| score_corpus(&labels, &random, p))
+        .collect();
+    println!(
+        "{:<10} {:>9.1} {:>9.1} {:>9.1} {:>10.6} {:>14}",
+        "random",
+        baseline[0].normalized,
+        baseline[1].normalized,
+        baseline[2].normalized,
+        baseline[0].threshold,
+        "-"
+    );
     println!("results in {}", args.results.display());
     Ok(())
 }

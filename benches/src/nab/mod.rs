@@ -171,7 +171,7 @@ cooldown = 200"#,
             "forest",
             r#"fields = ["value"]
 method = "forest"
-trees = 25
+trees = 12
 depth = 8
 window = 256
 shingle = 8
