@@ -326,3 +326,95 @@ fn settings_are_checked_where_they_are_written() {
     let error = sink("batch_size = 0", api_call_schema()).err().unwrap();
     assert!(error.contains("must be at least 1"), "{error}");
 }
+
+#[tokio::test]
+async fn alert_changes_land_once_with_jsonb_labels() {
+    use engine::schema::alert::{
+        alert_schema, notifications_to_batch, AlertNotification, AlertState,
+    };
+    let Some(client) = postgres_or_skip().await else {
+        return;
+    };
+    let table = unique("alerts");
+    let mut sink = sink(&format!("table = \"{table}\""), alert_schema()).unwrap();
+    let change = |model: &str, state: AlertState, minute: i64| AlertNotification {
+        notification_id: format!("{model}-{}", state.as_str()),
+        alert_id: format!("alert-{model}"),
+        rule: "HighP99Latency".into(),
+        state,
+        severity: "critical".into(),
+        labels: [("model".to_string(), model.to_string())]
+            .into_iter()
+            .collect(),
+        annotations: [("summary".to_string(), format!("p99 of {model} is high"))]
+            .into_iter()
+            .collect(),
+        value: Some(1500.0),
+        active_at: T0,
+        fired_at: Some(T0 + 60 * SEC),
+        resolved_at: (state == AlertState::Resolved).then_some(T0 + minute * 60 * SEC),
+        event_time: T0 + minute * 60 * SEC,
+    };
+    let batch = notifications_to_batch(&[
+        change("gpt-4o", AlertState::Firing, 1),
+        change("llama", AlertState::Firing, 1),
+        change("gpt-4o", AlertState::Resolved, 4),
+    ]);
+    // Written twice, as a replay after a crash would: the rows stay the same.
+    sink.write(batch.clone()).await.unwrap();
+    checkpoint(&mut sink, 1).await;
+    sink.write(batch).await.unwrap();
+    checkpoint(&mut sink, 2).await;
+    sink.close().await.unwrap();
+
+    let rows = client
+        .query(
+            &format!("SELECT state, labels->>'model', annotations->>'summary', value, resolved_at IS NOT NULL FROM \"{table}\" ORDER BY event_time, labels->>'model'"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(String, String, String, f64, bool)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "firing".into(),
+                "gpt-4o".into(),
+                "p99 of gpt-4o is high".into(),
+                1500.0,
+                false
+            ),
+            (
+                "firing".into(),
+                "llama".into(),
+                "p99 of llama is high".into(),
+                1500.0,
+                false
+            ),
+            (
+                "resolved".into(),
+                "gpt-4o".into(),
+                "p99 of gpt-4o is high".into(),
+                1500.0,
+                true
+            ),
+        ]
+    );
+    let labels_type: String = client
+        .query_one(
+            "SELECT data_type FROM information_schema.columns WHERE table_name = $1 AND column_name = 'labels'",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(labels_type, "jsonb");
+    client
+        .execute(&format!("DROP TABLE \"{table}\""), &[])
+        .await
+        .unwrap();
+}

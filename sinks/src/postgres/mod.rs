@@ -2,7 +2,8 @@
 //! when the extension is installed and plain tables otherwise.
 //!
 //! Raw api_call rows are appended with binary COPY; window results are upserted on their window
-//! and key, so replaying the same input leaves the same rows. Rows are buffered and written in
+//! and key, and alert changes on their notification id, so replaying the same input leaves the
+//! same rows. Rows are buffered and written in
 //! one transaction per batch (by size, by `flush_interval`, and at every checkpoint barrier,
 //! which is acknowledged only after COMMIT — so a RabbitMQ source acknowledges only rows that
 //! are safe). A failed batch is retried with backoff until it succeeds; meanwhile the sink does
@@ -38,7 +39,7 @@ use tokio_postgres::NoTls;
 pub use config::{PostgresConfig, SchemaMode};
 pub use schema::{TableLayout, WriteMode};
 
-use columns::{array_type, batch_values};
+use columns::batch_values;
 
 pub fn build(ctx: &BuildContext<'_, '_>) -> Result<Box<dyn Sink>, ConfigError> {
     let config: PostgresConfig = ctx.spec.settings()?;
@@ -339,11 +340,7 @@ async fn write_batch(
             writer.finish().await?;
         }
         Some(upsert) => {
-            let types: Vec<_> = layout
-                .columns
-                .iter()
-                .map(|(_, pg, _)| array_type(pg))
-                .collect();
+            let types = layout.param_types();
             let statement = transaction.prepare_typed(&upsert, &types).await?;
             let params: Vec<_> = values.iter().map(|v| v.as_param()).collect();
             transaction.execute(&statement, &params).await?;

@@ -10,7 +10,8 @@ use engine::schema::window_metrics::{
 };
 use tokio_postgres::types::Type;
 
-use super::columns::{pg_type, sql_name};
+use super::columns::{array_type, pg_type, sql_name};
+use engine::schema::alert;
 
 /// How rows are written.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +32,8 @@ pub struct TableLayout {
     pub columns: Vec<(String, Type, bool)>,
     pub time_column: String,
     pub mode: WriteMode,
+    /// Text columns holding JSON documents, stored as jsonb (alert labels and annotations).
+    pub json_text: Vec<String>,
 }
 
 pub fn quote(identifier: &str) -> String {
@@ -41,6 +44,12 @@ impl TableLayout {
     /// The layout for rows of `input`: api_call rows are appended to `api_calls`, window
     /// results upserted into `window_metrics` (either name overridable).
     pub fn new(input: &Schema, schema: &str, table: Option<&str>) -> Result<Self, String> {
+        let is_alerts = input.index_of(alert::NOTIFICATION_ID).is_ok();
+        let json_text: Vec<String> = if is_alerts {
+            vec![alert::LABELS.to_string(), alert::ANNOTATIONS.to_string()]
+        } else {
+            Vec::new()
+        };
         let mut columns = Vec::new();
         for field in input.fields() {
             let pg = pg_type(field.data_type()).ok_or_else(|| {
@@ -50,18 +59,28 @@ impl TableLayout {
                     field.data_type()
                 )
             })?;
+            let pg = if json_text.contains(field.name()) {
+                Type::JSONB
+            } else {
+                pg
+            };
             columns.push((field.name().clone(), pg, field.is_nullable()));
-        }
-        if input
-            .index_of(engine::schema::alert::NOTIFICATION_ID)
-            .is_ok()
-        {
-            return Err("alert rows have no PostgreSQL table yet: keep their history with a `parquet` sink (`table = \"alerts\"`)".to_string());
         }
         let is_windows = [WINDOW, WINDOW_START, WINDOW_END]
             .iter()
             .all(|c| input.index_of(c).is_ok());
-        let (mode, time_column, default_table) = if is_windows {
+        let (mode, time_column, default_table) = if is_alerts {
+            // A change is immutable: a replay writes the same row again.
+            let conflict = vec![
+                alert::NOTIFICATION_ID.to_string(),
+                alert::EVENT_TIME.to_string(),
+            ];
+            (
+                WriteMode::Upsert { conflict },
+                alert::EVENT_TIME.to_string(),
+                "alerts",
+            )
+        } else if is_windows {
             let start = input.index_of(WINDOW_END).map(|i| i + 1).unwrap_or(0);
             let end = input.index_of(COUNT).unwrap_or(start);
             let mut conflict: Vec<String> = [WINDOW, WINDOW_START, WINDOW_END]
@@ -86,7 +105,28 @@ impl TableLayout {
             columns,
             time_column,
             mode,
+            json_text,
         })
+    }
+
+    /// Window results (as opposed to raw events or alerts).
+    fn is_windows(&self) -> bool {
+        self.time_column == WINDOW_START
+    }
+
+    /// The parameter type of each column's UNNEST array: JSON held in text is sent as text
+    /// and cast on the server.
+    pub fn param_types(&self) -> Vec<Type> {
+        self.columns
+            .iter()
+            .map(|(name, pg, _)| {
+                if self.json_text.contains(name) {
+                    Type::TEXT_ARRAY
+                } else {
+                    array_type(pg)
+                }
+            })
+            .collect()
     }
 
     pub fn qualified(&self) -> String {
@@ -179,6 +219,7 @@ impl TableLayout {
             format_args!("'{}'", self.time_column.replace('\'', "''"))
         )];
         let segment_by: Vec<&str> = match &self.mode {
+            WriteMode::Upsert { .. } if !self.is_windows() => vec![alert::RULE],
             WriteMode::Upsert { conflict } => conflict
                 .iter()
                 .filter(|c| ![WINDOW_START, WINDOW_END].contains(&c.as_str()))
@@ -202,7 +243,9 @@ impl TableLayout {
                 "SELECT add_retention_policy({literal}, INTERVAL '{seconds} seconds', if_not_exists => TRUE)"
             ));
         }
-        if let (WriteMode::Upsert { conflict }, true) = (&self.mode, hourly_aggregate) {
+        if let (WriteMode::Upsert { conflict }, true) =
+            (&self.mode, hourly_aggregate && self.is_windows())
+        {
             let groups: Vec<String> = conflict
                 .iter()
                 .filter(|c| ![WINDOW_START, WINDOW_END].contains(&c.as_str()))
@@ -260,8 +303,29 @@ impl TableLayout {
             .columns
             .iter()
             .enumerate()
-            .map(|(i, (_, pg, _))| format!("${}::{}[]", i + 1, sql_name(pg)))
+            .map(|(i, (name, pg, _))| {
+                let element = if self.json_text.contains(name) {
+                    "text"
+                } else {
+                    sql_name(pg)
+                };
+                format!("${}::{element}[]", i + 1)
+            })
             .collect();
+        // Columns come out of UNNEST as c1, c2, ...; JSON held in text is cast to jsonb.
+        let selected: Vec<String> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _, _))| {
+                if self.json_text.contains(name) {
+                    format!("c{}::jsonb", i + 1)
+                } else {
+                    format!("c{}", i + 1)
+                }
+            })
+            .collect();
+        let aliases: Vec<String> = (1..=self.columns.len()).map(|i| format!("c{i}")).collect();
         let updates: Vec<String> = self
             .columns
             .iter()
@@ -279,10 +343,12 @@ impl TableLayout {
             String::new()
         };
         Some(format!(
-            "INSERT INTO {} ({}) SELECT * FROM UNNEST({}) ON CONFLICT ({}) DO UPDATE SET {}{guard}",
+            "INSERT INTO {} ({}) SELECT {} FROM UNNEST({}) AS u({}) ON CONFLICT ({}) DO UPDATE SET {}{guard}",
             self.qualified(),
             names.join(", "),
+            selected.join(", "),
             arrays.join(", "),
+            aliases.join(", "),
             conflict
                 .iter()
                 .map(|c| quote(c))
@@ -341,10 +407,20 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
-    fn alert_rows_are_refused_with_a_pointer_to_parquet() {
-        let schema = engine::schema::alert::alert_schema();
-        let error = TableLayout::new(&schema, "public", None).expect_err("refused");
-        assert!(error.contains("parquet"), "{error}");
+    fn alert_rows_go_to_an_alerts_table_with_jsonb_labels() {
+        let layout = TableLayout::new(&engine::schema::alert::alert_schema(), "public", None)
+            .expect("a layout");
+        assert_eq!(layout.table, "alerts");
+        let labels = layout.columns.iter().find(|(c, _, _)| c == "labels");
+        assert_eq!(labels.map(|(_, pg, _)| pg.clone()), Some(Type::JSONB));
+        let upsert = layout.upsert_statement().expect("an upsert");
+        assert!(upsert.contains("c6::jsonb"), "{upsert}");
+        Parser::parse_sql(&PostgreSqlDialect {}, &upsert).expect("valid SQL");
+        let timescale = layout.timescale_statements(None, 86_400, true);
+        assert!(
+            timescale.iter().all(|s| !s.contains("MATERIALIZED VIEW")),
+            "no hourly aggregate of alerts"
+        );
     }
 
     fn windows() -> TableLayout {
