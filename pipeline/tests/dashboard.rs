@@ -51,7 +51,7 @@ async fn every_dashboard_query_runs_against_the_sinks_tables() {
     };
     tokio::spawn(connection);
     let schema = format!("dashboard_{}", uuid::Uuid::new_v4().simple());
-    // The central pipeline's shape: raw calls and 10 s / 1 min windows into the database.
+    // The central pipeline's shape: raw calls, 10 s / 1 min windows and alerts into the database.
     let text = format!(
         r#"
 [sources.calls]
@@ -84,6 +84,22 @@ schema = "{schema}"
 [sinks.db_windows]
 type = "timescaledb"
 inputs = ["per_10s", "per_minute"]
+url = "{URL}"
+schema = "{schema}"
+
+[operators.alerts]
+type = "alert"
+inputs = ["per_minute"]
+key = ["model", "endpoint"]
+
+[[operators.alerts.rules]]
+name = "Traffic"
+condition = "count >= 1"
+annotations = {{ summary = "{{{{model}}}} has traffic" }}
+
+[sinks.db_alerts]
+type = "timescaledb"
+inputs = ["alerts"]
 url = "{URL}"
 schema = "{schema}"
 "#
@@ -122,7 +138,20 @@ schema = "{schema}"
             checked += 1;
         }
     }
-    assert!(checked >= 10, "{checked} queries");
+    for annotation in dashboard["annotations"]["list"].as_array().unwrap() {
+        let sql = expand_macros(annotation["target"]["rawSql"].as_str().unwrap());
+        let rows = client
+            .query(&sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("annotation {:?}: {e}\n{sql}", annotation["name"]));
+        assert!(
+            !rows.is_empty(),
+            "annotation {:?} marks nothing:\n{sql}",
+            annotation["name"]
+        );
+        checked += 1;
+    }
+    assert!(checked >= 13, "{checked} queries");
     client
         .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
         .await
