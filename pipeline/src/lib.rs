@@ -5,4 +5,5 @@ pub mod components;
 pub mod demo;
 pub mod logging;
 pub mod query;
+pub mod receiver;
 pub mod shutdown;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use pipeline::logging::{LogFormat, LogOptions};
 use pipeline::query::OutputFormat;
-use pipeline::{commands, demo, query};
+use pipeline::{commands, demo, query, receiver};
 
 #[derive(Parser)]
 #[command(
@@ -66,6 +66,9 @@ enum Command {
     /// Serve the demo's simulated model API alone (OpenAI-style chat with streaming, KServe v2
     /// inference): a sample upstream to put a proxy in front of.
     ModelApi(demo::ModelApiOptions),
+    /// Receive alert notifications from a `webhook` sink: checks each signature and prints
+    /// one line per notification (for trying alert rules, and in the demo).
+    ReceiveWebhook(receiver::ReceiverOptions),
 }
 
 fn main() -> ExitCode {
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
             Command::Query { sql, data, format } => query::run_cli(&sql, &data, format).await,
             Command::Demo(options) => demo::run(options).await,
             Command::ModelApi(options) => demo::serve_model_api(options).await,
+            Command::ReceiveWebhook(options) => receiver::run(options).await,
         }
     });
     match result {

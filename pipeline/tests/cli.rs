@@ -210,9 +210,11 @@ fn the_demo_runs_and_its_history_answers_sql() {
             .port()
             .to_string()
     };
-    let (api, proxy, admin) = (free(), free(), free());
+    let (api, proxy, admin, webhook) = (free(), free(), free(), free());
     let output = pipeline(&[
         "demo",
+        "--webhook-port",
+        &webhook,
         "--duration",
         "12s",
         "--api-port",
@@ -386,4 +388,71 @@ fn model_api_serves_the_simulated_api_until_sigterm() {
         .status()
         .unwrap();
     assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn the_demo_raises_alerts_and_delivers_them_signed_to_its_receiver() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let free = || {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+            .to_string()
+    };
+    let (api, proxy, admin, webhook) = (free(), free(), free(), free());
+    let output = pipeline(&[
+        "demo",
+        "--duration",
+        "14s",
+        "--api-port",
+        &api,
+        "--proxy-port",
+        &proxy,
+        "--proxy-admin-port",
+        &admin,
+        "--webhook-port",
+        &webhook,
+        "--rate",
+        "40",
+        "--incident",
+        "error_burst@1s+12s:llama-3-70b",
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let live = String::from_utf8_lossy(&output.stdout);
+    // The live view shows the change, and the receiver printed the signed delivery.
+    assert!(
+        live.lines().any(|l| l.contains("firing")
+            && l.contains("HighErrorRate")
+            && l.contains("llama-3-70b")
+            && !l.starts_with("[webhook]")),
+        "live view: {live}"
+    );
+    assert!(
+        live.lines()
+            .any(|l| l.starts_with("[webhook] firing HighErrorRate")
+                && l.contains("llama-3-70b")
+                && l.contains("signature ok")),
+        "receiver: {live}"
+    );
+    let summary = stderr(&output);
+    let delivered: u64 = summary
+        .split("alerts: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no alert summary: {summary}"));
+    assert!(delivered >= 1, "{summary}");
+    assert!(summary.contains("0 repeats, 0 refused"), "{summary}");
+    // No alert for a model without an incident.
+    assert!(
+        !live.lines().any(|l| l.starts_with("[webhook]")
+            && l.contains("HighErrorRate")
+            && l.contains("gpt-4o")),
+        "{live}"
+    );
 }

@@ -1,7 +1,8 @@
 //! `pipeline demo`: the whole system in one process with no services — a simulated model API,
 //! the intercepting proxy in front of it, real HTTP traffic through the proxy, 10 s and 1 min
-//! windows with percentiles, a live console view, and Parquet history under `--data` for
-//! `pipeline query` afterwards.
+//! windows with percentiles, alert rules whose changes print live and go to a webhook receiver
+//! the demo starts, a live console view, and Parquet history under `--data` for `pipeline
+//! query` afterwards.
 
 pub mod incidents;
 pub mod model_api;
@@ -62,6 +63,9 @@ pub struct DemoOptions {
     /// Inject no incidents.
     #[arg(long, conflicts_with = "incidents")]
     pub no_incidents: bool,
+    /// Port of the webhook receiver the demo starts for its alerts (on 127.0.0.1).
+    #[arg(long, default_value_t = 9095)]
+    pub webhook_port: u16,
 }
 
 /// Options of `pipeline model-api`: the demo's simulated model API alone, as a sample upstream
@@ -153,6 +157,20 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {address} for the simulated model API (is the port in use? pass --api-port)"))?;
     let started = Instant::now();
+    let webhook_address = SocketAddr::from(([127, 0, 0, 1], options.webhook_port));
+    let webhook_listener = TcpListener::bind(webhook_address)
+        .await
+        .with_context(|| format!("cannot listen on {webhook_address} for the webhook receiver (is the port in use? pass --webhook-port)"))?;
+    let webhook_secret = uuid::Uuid::new_v4().simple().to_string();
+    let webhook_stats = Arc::new(crate::receiver::ReceiverStats::default());
+    let webhook_stop = CancellationToken::new();
+    let webhook = tokio::spawn(crate::receiver::serve(
+        webhook_listener,
+        Some(webhook_secret.clone().into_bytes()),
+        "x-pipeline-signature".to_string(),
+        webhook_stats.clone(),
+        webhook_stop.clone(),
+    ));
 
     let registry = crate::components::registry();
     let data = options.data.clone();
@@ -163,6 +181,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<ExitCode> {
             "DEMO_PROXY_ADMIN_PORT",
             options.proxy_admin_port.to_string(),
         ),
+        ("DEMO_WEBHOOK_PORT", options.webhook_port.to_string()),
+        ("DEMO_WEBHOOK_SECRET", webhook_secret),
     ];
     let pipeline = build_from_text(
         "demo.toml",
@@ -246,6 +266,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<ExitCode> {
     };
     api_stop.cancel();
     let _ = api.await;
+    webhook_stop.cancel();
+    let _ = webhook.await;
     let sent = stats.sent.load(Ordering::Relaxed);
     let failed = stats.failed.load(Ordering::Relaxed);
     let dropped = metrics.get("traffic").map_or(0, |m| m.snapshot().dropped);
@@ -253,6 +275,12 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<ExitCode> {
         Ok(report) => {
             crate::commands::print_report("demo", &report);
             eprintln!("traffic: {sent} calls sent through the proxy ({failed} failed at the client), {dropped} events dropped by a full queue");
+            eprintln!(
+                "alerts: {} notifications delivered to the webhook receiver on {webhook_address} with valid signatures ({} repeats, {} refused)",
+                webhook_stats.accepted.load(Ordering::Relaxed),
+                webhook_stats.duplicates.load(Ordering::Relaxed),
+                webhook_stats.bad_signature.load(Ordering::Relaxed)
+            );
             eprintln!("history is in {}; try:", options.data);
             eprintln!(
                 "  cargo run --release -p pipeline -- query --data {} \"SELECT model, endpoint, count(*) AS calls, avg(latency_ms) AS mean_ms FROM api_calls GROUP BY model, endpoint ORDER BY calls DESC\"",
