@@ -198,19 +198,20 @@ fn a_bad_query_prints_datafusions_message_and_exits_non_zero() {
     );
 }
 
+fn free_port() -> String {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string()
+}
+
 #[test]
 fn the_demo_runs_and_its_history_answers_sql() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let free = || {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-            .to_string()
-    };
-    let (api, proxy, admin, webhook) = (free(), free(), free(), free());
+    let (api, proxy, admin, webhook) = (free_port(), free_port(), free_port(), free_port());
     let output = pipeline(&[
         "demo",
         "--webhook-port",
@@ -394,15 +395,7 @@ fn model_api_serves_the_simulated_api_until_sigterm() {
 fn the_demo_raises_alerts_and_delivers_them_signed_to_its_receiver() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let free = || {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-            .to_string()
-    };
-    let (api, proxy, admin, webhook) = (free(), free(), free(), free());
+    let (api, proxy, admin, webhook) = (free_port(), free_port(), free_port(), free_port());
     let output = pipeline(&[
         "demo",
         "--duration",
