@@ -3,20 +3,21 @@
 //! state change; no retry on 4xx; notifications queued while the receiver is down survive a
 //! pipeline restart and arrive in order; the Alertmanager format.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
+use common::{notification, wait_for};
 use engine::component::Sink;
 use engine::metrics::ComponentMetrics;
-use engine::schema::alert::{notifications_to_batch, AlertNotification, AlertState};
+use engine::schema::alert::{notifications_to_batch, AlertState};
 use sinks::webhook::{verify, Format, WebhookConfig, WebhookSink};
 
 const SECRET: &str = "s3cret";
@@ -98,27 +99,6 @@ async fn serve(receiver: Arc<Receiver>, address: &str) -> SocketAddr {
     local
 }
 
-fn notification(model: &str, state: AlertState, minute: i64) -> AlertNotification {
-    let micros = minute * 60_000_000;
-    AlertNotification {
-        notification_id: format!("{model}-{}-{minute}", state.as_str()),
-        alert_id: format!("alert-{model}"),
-        rule: "HighP99Latency".into(),
-        state,
-        severity: "critical".into(),
-        labels: BTreeMap::from([
-            ("alertname".into(), "HighP99Latency".into()),
-            ("model".into(), model.into()),
-        ]),
-        annotations: BTreeMap::from([("summary".into(), format!("p99 of {model} is high"))]),
-        value: Some(1500.0),
-        active_at: 0,
-        fired_at: (state != AlertState::Pending).then_some(micros.min(60_000_000)),
-        resolved_at: (state == AlertState::Resolved).then_some(micros),
-        event_time: micros,
-    }
-}
-
 fn sink(
     url: &str,
     queue_dir: &std::path::Path,
@@ -133,16 +113,6 @@ fn sink(
     let sink =
         WebhookSink::new(config, Format::Json, "oncall", metrics.clone()).expect("valid settings");
     (sink, metrics)
-}
-
-async fn wait_for(what: &str, condition: impl Fn() -> bool) {
-    for _ in 0..500 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 fn body_field(request: &Request, field: &str) -> String {

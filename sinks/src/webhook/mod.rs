@@ -1,38 +1,31 @@
 //! `webhook` and `slack`: deliver alert state changes (rows of the `alert` schema, from an
 //! `alert` operator) to an HTTP receiver. Each notification is one POST with an
 //! `Idempotency-Key` (the notification id, stable across retries and replays) and, when a
-//! `secret` is set, an HMAC-SHA256 signature of the body. Notifications go through a durable
-//! queue on disk first (see [`queue`]) and are delivered in order by a background task that
-//! retries 5xx answers, 408/429, timeouts and connection errors with exponential backoff and
-//! jitter, and gives up on other 4xx answers (logged and counted). A receiver that is down for
+//! `secret` is set, an HMAC-SHA256 signature of the body. Notifications go through the
+//! durable queue of [`crate::notify`] and are delivered in order; 5xx answers, 408/429,
+//! timeouts and connection errors are retried with exponential backoff and jitter, other 4xx
+//! answers are given up on (logged and counted). A receiver that is down for
 //! minutes, or a pipeline restart, loses nothing.
 
 pub mod payload;
-pub mod queue;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use engine::backoff::Backoff;
-use engine::component::{ComponentError, ComponentResult, Sink};
+use engine::component::Sink;
 use engine::config::ConfigError;
 use engine::metrics::ComponentMetrics;
 use engine::registry::BuildContext;
-use engine::schema::alert::{alert_schema, batch_to_notifications, AlertNotification};
+use engine::schema::alert::{alert_schema, AlertNotification};
 use engine::time::ConfigDuration;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use serde::Deserialize;
-use tokio::sync::Notify;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
+use crate::notify::queue::Entry;
+use crate::notify::{NotifySink, Outcome, QueueSettings, Transport};
 pub use payload::{signature, verify, Format};
-use queue::{DurableQueue, Entry};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,11 +50,11 @@ pub struct WebhookConfig {
     /// Where the durable queue lives; default `data/webhook/<sink id>`.
     pub queue_dir: Option<PathBuf>,
     /// Undelivered notifications kept; beyond it the oldest is dropped and counted.
-    #[serde(default = "default_queue_capacity")]
+    #[serde(default = "crate::notify::default_queue_capacity")]
     pub queue_capacity: usize,
-    #[serde(default = "default_retry_initial")]
+    #[serde(default = "crate::notify::default_retry_initial")]
     pub retry_initial: ConfigDuration,
-    #[serde(default = "default_retry_max")]
+    #[serde(default = "crate::notify::default_retry_max")]
     pub retry_max: ConfigDuration,
     /// Also send `pending` changes and the `resolved` of alerts that never fired.
     #[serde(default)]
@@ -70,7 +63,7 @@ pub struct WebhookConfig {
     #[serde(default)]
     pub external_url: String,
     /// On shutdown, how long to keep delivering before leaving the rest queued on disk.
-    #[serde(default = "default_drain_timeout")]
+    #[serde(default = "crate::notify::default_drain_timeout")]
     pub drain_timeout: ConfigDuration,
 }
 
@@ -82,18 +75,6 @@ fn default_idempotency_header() -> String {
 }
 fn default_timeout() -> ConfigDuration {
     ConfigDuration::from_secs(10)
-}
-fn default_queue_capacity() -> usize {
-    10_000
-}
-fn default_retry_initial() -> ConfigDuration {
-    ConfigDuration::from_secs(1)
-}
-fn default_retry_max() -> ConfigDuration {
-    ConfigDuration::from_secs(300)
-}
-fn default_drain_timeout() -> ConfigDuration {
-    ConfigDuration::from_secs(5)
 }
 
 pub fn build(ctx: &BuildContext<'_, '_>) -> Result<Box<dyn Sink>, ConfigError> {
@@ -121,25 +102,30 @@ fn build_with_format(
     Ok(Box::new(sink))
 }
 
-/// What a delivery attempt came to.
-enum Outcome {
-    Delivered,
-    /// The receiver refused it for good (4xx other than 408/429).
-    Rejected(String),
-    /// Worth trying again.
-    Retry(String),
-}
-
-struct Delivery {
+/// Delivers notifications as HTTP POSTs.
+pub struct HttpTransport {
     client: reqwest::Client,
     url: reqwest::Url,
     headers: HeaderMap,
     secret: Option<Vec<u8>>,
     signature_header: HeaderName,
     idempotency_header: HeaderName,
+    format: Format,
+    receiver: String,
+    external_url: String,
 }
 
-impl Delivery {
+#[async_trait]
+impl Transport for HttpTransport {
+    fn render(&self, notification: &AlertNotification) -> String {
+        payload::body(
+            self.format,
+            notification,
+            &self.receiver,
+            &self.external_url,
+        )
+    }
+
     async fn attempt(&self, entry: &Entry) -> Outcome {
         let mut request = self
             .client
@@ -176,24 +162,10 @@ impl Delivery {
     }
 }
 
-struct Shared {
-    queue: Mutex<Option<DurableQueue>>,
-    wake: Notify,
-    metrics: Arc<ComponentMetrics>,
-}
+/// The `webhook` / `slack` sink.
+pub type WebhookSink = NotifySink<HttpTransport>;
 
-pub struct WebhookSink {
-    config: WebhookConfig,
-    format: Format,
-    receiver: String,
-    queue_dir: PathBuf,
-    delivery: Arc<Delivery>,
-    shared: Arc<Shared>,
-    stop: CancellationToken,
-    worker: Option<JoinHandle<()>>,
-}
-
-impl WebhookSink {
+impl NotifySink<HttpTransport> {
     /// Checks the settings; the error names the setting.
     pub fn new(
         config: WebhookConfig,
@@ -242,207 +214,25 @@ impl WebhookSink {
             .queue_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("data").join("webhook").join(id));
-        Ok(Self {
+        let transport = HttpTransport {
+            client,
+            url,
+            headers,
+            secret: config.secret.clone().map(String::into_bytes),
+            signature_header,
+            idempotency_header,
             format: config.format.unwrap_or(default_format),
             receiver: id.to_string(),
-            queue_dir,
-            delivery: Arc::new(Delivery {
-                client,
-                url,
-                headers,
-                secret: config.secret.clone().map(String::into_bytes),
-                signature_header,
-                idempotency_header,
-            }),
-            shared: Arc::new(Shared {
-                queue: Mutex::new(None),
-                wake: Notify::new(),
-                metrics,
-            }),
-            stop: CancellationToken::new(),
-            worker: None,
-            config,
-        })
-    }
-
-    /// Opens the queue and starts delivering (once, on first use, inside the runtime).
-    fn start(&mut self) -> ComponentResult {
-        if self.worker.is_some() {
-            return Ok(());
-        }
-        let queue = DurableQueue::open(&self.queue_dir, self.config.queue_capacity)
-            .map_err(ComponentError::other)?;
-        if !queue.is_empty() {
-            tracing::info!(receiver = %self.receiver, queued = queue.len(), "delivering notifications queued before a restart");
-        }
-        self.shared
-            .metrics
-            .queue_depth
-            .store(queue.len() as i64, Ordering::Relaxed);
-        *self.lock_queue()? = Some(queue);
-        let backoff = Backoff::new(self.config.retry_initial.0, self.config.retry_max.0);
-        self.worker = Some(tokio::spawn(deliver_forever(
-            self.delivery.clone(),
-            self.shared.clone(),
-            self.stop.clone(),
-            backoff,
-            self.receiver.clone(),
-        )));
-        Ok(())
-    }
-
-    fn lock_queue(&self) -> ComponentResult<std::sync::MutexGuard<'_, Option<DurableQueue>>> {
-        self.shared
-            .queue
-            .lock()
-            .map_err(|_| ComponentError::other("the webhook queue lock was poisoned"))
-    }
-
-    fn wanted(&self, notification: &AlertNotification) -> bool {
-        self.config.send_pending || notification.is_news()
-    }
-
-    /// Undelivered notifications.
-    pub fn queued(&self) -> usize {
-        self.lock_queue()
-            .ok()
-            .and_then(|q| q.as_ref().map(DurableQueue::len))
-            .unwrap_or(0)
-    }
-}
-
-async fn deliver_forever(
-    delivery: Arc<Delivery>,
-    shared: Arc<Shared>,
-    stop: CancellationToken,
-    mut backoff: Backoff,
-    receiver: String,
-) {
-    let retries = shared.metrics.named("retries");
-    let rejected = shared.metrics.named("rejected");
-    loop {
-        let front = match shared.queue.lock() {
-            Ok(queue) => queue.as_ref().and_then(|q| q.front().cloned()),
-            Err(_) => return,
+            external_url: config.external_url.clone(),
         };
-        let Some(entry) = front else {
-            tokio::select! {
-                _ = shared.wake.notified() => continue,
-                _ = stop.cancelled() => return,
-            }
+        let settings = QueueSettings {
+            dir: queue_dir,
+            capacity: config.queue_capacity,
+            retry_initial: config.retry_initial.0,
+            retry_max: config.retry_max.0,
+            send_pending: config.send_pending,
+            drain_timeout: config.drain_timeout.0,
         };
-        let outcome = tokio::select! {
-            outcome = delivery.attempt(&entry) => outcome,
-            _ = stop.cancelled() => return,
-        };
-        match outcome {
-            Outcome::Delivered | Outcome::Rejected(_) => {
-                if let Outcome::Rejected(reason) = &outcome {
-                    tracing::error!(%receiver, notification_id = %entry.notification_id, %reason, "the receiver rejected a notification; not retrying");
-                    rejected.fetch_add(1, Ordering::Relaxed);
-                    shared.metrics.add_errors(1);
-                } else {
-                    shared.metrics.record_out(1);
-                }
-                backoff.reset();
-                let Ok(mut queue) = shared.queue.lock() else {
-                    return;
-                };
-                if let Some(queue) = queue.as_mut() {
-                    if let Err(e) = queue.pop() {
-                        tracing::error!(%receiver, error = %e, "could not mark a notification delivered; it may be sent again after a restart");
-                    }
-                    shared
-                        .metrics
-                        .queue_depth
-                        .store(queue.len() as i64, Ordering::Relaxed);
-                }
-            }
-            Outcome::Retry(reason) => {
-                retries.fetch_add(1, Ordering::Relaxed);
-                let wait = backoff.next_delay();
-                tracing::warn!(%receiver, notification_id = %entry.notification_id, %reason, retry_in = ?wait, "webhook delivery failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.cancelled() => return,
-                }
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl Sink for WebhookSink {
-    async fn write(&mut self, batch: RecordBatch) -> ComponentResult {
-        self.start()?;
-        let notifications = batch_to_notifications(&batch)?;
-        self.shared.metrics.record_in(notifications.len());
-        let items: Vec<(String, String, String)> = notifications
-            .iter()
-            .filter(|n| self.wanted(n))
-            .map(|n| {
-                (
-                    n.notification_id.clone(),
-                    n.alert_id.clone(),
-                    payload::body(self.format, n, &self.receiver, &self.config.external_url),
-                )
-            })
-            .collect();
-        if items.is_empty() {
-            return Ok(());
-        }
-        let dropped = {
-            let mut guard = self.lock_queue()?;
-            let queue = guard
-                .as_mut()
-                .ok_or_else(|| ComponentError::other("the webhook queue is not open"))?;
-            let dropped = queue.push(items).map_err(ComponentError::other)?;
-            self.shared
-                .metrics
-                .queue_depth
-                .store(queue.len() as i64, Ordering::Relaxed);
-            dropped
-        };
-        for entry in &dropped {
-            tracing::error!(receiver = %self.receiver, notification_id = %entry.notification_id, "webhook queue full: dropped the oldest undelivered notification");
-        }
-        self.shared.metrics.add_dropped(dropped.len() as u64);
-        self.shared.wake.notify_one();
-        Ok(())
-    }
-
-    async fn on_tick(&mut self) -> ComponentResult {
-        // Deliver what an earlier run left queued even before any new alert arrives.
-        self.start()
-    }
-
-    /// Notifications are durable once `write` returns (fsynced to the queue).
-    async fn flush(&mut self) -> ComponentResult {
-        Ok(())
-    }
-
-    async fn close(&mut self) -> ComponentResult {
-        if self.worker.is_none() {
-            return Ok(());
-        }
-        let deadline = tokio::time::Instant::now() + self.config.drain_timeout.0;
-        while self.queued() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let left = self.queued();
-        if left > 0 {
-            tracing::warn!(receiver = %self.receiver, queued = left, dir = %self.queue_dir.display(), "shutting down with undelivered notifications; they are kept on disk and sent after the next start");
-        }
-        self.stop.cancel();
-        if let Some(worker) = self.worker.take() {
-            let _ = worker.await;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for WebhookSink {
-    fn drop(&mut self) {
-        self.stop.cancel();
+        Ok(Self::with_transport(transport, settings, id, metrics))
     }
 }

@@ -1,4 +1,4 @@
-//! The webhook sink's durable retry queue: notifications are appended to a JSON-lines file and
+//! The alert notifiers' durable retry queue: notifications are appended to a JSON-lines file and
 //! fsynced before the sink accepts them, delivered strictly in order, and marked delivered in
 //! a small cursor file (replaced atomically). A restart resumes after the cursor, so a receiver
 //! that is down for minutes, or a pipeline restart, loses nothing. The file is rewritten
@@ -25,7 +25,7 @@ pub struct Entry {
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
-    #[error("webhook queue {path}: {source}")]
+    #[error("notification queue {path}: {source}")]
     Io {
         path: PathBuf,
         #[source]
