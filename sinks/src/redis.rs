@@ -21,19 +21,19 @@
 
 use std::time::Duration;
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use arrow::array::AsArray;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use engine::component::{ComponentError, ComponentResult, Sink};
 use engine::config::ConfigError;
 use engine::registry::BuildContext;
 use engine::schema::alert::{alert_schema, batch_to_notifications, AlertState};
+use engine::schema::row_json::{cell, row_object, window_key_columns};
 use engine::schema::window_metrics::{WINDOW, WINDOW_END, WINDOW_START};
-use engine::time::{format_micros, ConfigDuration};
+use engine::time::ConfigDuration;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::webhook::payload::Format;
 
@@ -69,13 +69,6 @@ fn default_publish() -> bool {
     true
 }
 
-/// The columns that form a row's key: everything between `window_end` and `count`.
-fn key_columns(schema: &SchemaRef) -> Vec<usize> {
-    let start = schema.index_of(WINDOW_END).map(|i| i + 1).unwrap_or(0);
-    let end = schema.index_of("count").unwrap_or(start);
-    (start..end).collect()
-}
-
 pub fn build(ctx: &BuildContext<'_, '_>) -> Result<Box<dyn Sink>, ConfigError> {
     let config: RedisConfig = ctx.spec.settings()?;
     let schema = ctx.input_schema()?;
@@ -98,7 +91,7 @@ pub fn build(ctx: &BuildContext<'_, '_>) -> Result<Box<dyn Sink>, ConfigError> {
             .error_at_key("url", format!("invalid Redis URL: {e}"))
     })?;
     Ok(Box::new(RedisSink {
-        keys: key_columns(&schema),
+        keys: window_key_columns(&schema),
         alerts,
         config,
         connection: None,
@@ -111,47 +104,6 @@ pub struct RedisSink {
     /// The input is alert rows, not window results.
     alerts: bool,
     connection: Option<ConnectionManager>,
-}
-
-/// One cell as JSON (timestamps as RFC 3339, floats as numbers, nulls as null).
-fn cell(column: &dyn Array, row: usize) -> Value {
-    if column.is_null(row) {
-        return Value::Null;
-    }
-    match column.data_type() {
-        DataType::Utf8 => Value::from(column.as_string::<i32>().value(row)),
-        DataType::Utf8View => Value::from(column.as_string_view().value(row)),
-        DataType::Boolean => Value::from(column.as_boolean().value(row)),
-        DataType::Float64 => {
-            let v = column
-                .as_primitive::<arrow::datatypes::Float64Type>()
-                .value(row);
-            serde_json::Number::from_f64(v)
-                .map(Value::Number)
-                .unwrap_or(Value::Null)
-        }
-        DataType::UInt64 => Value::from(
-            column
-                .as_primitive::<arrow::datatypes::UInt64Type>()
-                .value(row),
-        ),
-        DataType::UInt32 => Value::from(
-            column
-                .as_primitive::<arrow::datatypes::UInt32Type>()
-                .value(row),
-        ),
-        DataType::Int64 => Value::from(
-            column
-                .as_primitive::<arrow::datatypes::Int64Type>()
-                .value(row),
-        ),
-        DataType::Timestamp(TimeUnit::Microsecond, _) => Value::from(format_micros(
-            column
-                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
-                .value(row),
-        )),
-        other => Value::from(format!("<{other}>")),
-    }
 }
 
 impl RedisSink {
@@ -199,7 +151,6 @@ impl RedisSink {
         if self.alerts {
             return self.alert_commands(batch);
         }
-        let schema = batch.schema();
         let window = batch
             .column_by_name(WINDOW)
             .ok_or_else(|| ComponentError::other("no window column"))?;
@@ -212,10 +163,7 @@ impl RedisSink {
         let keep = self.config.series_length as isize;
         let mut pipe = redis::pipe();
         for row in 0..batch.num_rows() {
-            let mut object = Map::new();
-            for (field, column) in schema.fields().iter().zip(batch.columns()) {
-                object.insert(field.name().clone(), cell(column.as_ref(), row));
-            }
+            let object = row_object(batch, row);
             let key: Vec<String> = self
                 .keys
                 .iter()
@@ -291,21 +239,5 @@ impl Sink for RedisSink {
 
     async fn flush(&mut self) -> ComponentResult {
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use arrow::array::{BooleanArray, Float64Array};
-
-    #[test]
-    fn cells_become_json_values() {
-        let flags = BooleanArray::from(vec![Some(true), None]);
-        assert_eq!(cell(&flags, 0), Value::Bool(true));
-        assert_eq!(cell(&flags, 1), Value::Null);
-        let numbers = Float64Array::from(vec![f64::NAN, 1.5]);
-        assert_eq!(cell(&numbers, 0), Value::Null);
-        assert_eq!(cell(&numbers, 1), serde_json::json!(1.5));
     }
 }

@@ -1,6 +1,7 @@
 //! The `pipelines.toml` model. Vector-style: `[sources.ID]`, `[operators.ID]` and `[sinks.ID]`
-//! tables, each with a `type` and (except sources) `inputs`; optional `[runtime]` settings; and
-//! optionally several named pipelines under `[pipelines.NAME]`, each with the same shape.
+//! tables, each with a `type` and (except sources) `inputs`; optional `[runtime]` settings;
+//! optionally several named pipelines under `[pipelines.NAME]`, each with the same shape; and an
+//! optional top-level `[api]` table for the HTTP server, kept as spanned TOML for its owner.
 //! Component bodies stay as spanned TOML until the registry deserialises them into the
 //! component's own typed config, so that every error points at the exact line and column.
 
@@ -121,6 +122,7 @@ impl SourceText {
         let root = DeTable::parse(self.text()).map_err(|e| self.toml_error(&e, None, 0..0))?;
         let mut errors = Vec::new();
         let mut pipelines = Vec::new();
+        let mut api = None;
         let root_span = root.span();
         let root = root.into_inner();
         let has_top_level_components = ["sources", "operators", "sinks"]
@@ -132,6 +134,14 @@ impl SourceText {
         for (key, value) in root.iter() {
             match key.get_ref().as_ref() {
                 "sources" | "operators" | "sinks" | "runtime" => {}
+                "api" => match value.get_ref() {
+                    DeValue::Table(_) => api = Some(value.clone()),
+                    _ => errors.push(self.error(
+                        &value.span(),
+                        None,
+                        "`api` must be a table, e.g. [api] listen = \"0.0.0.0:8001\"",
+                    )),
+                },
                 "pipelines" => match value.get_ref() {
                     DeValue::Table(table) => {
                         for (name, pipeline) in table.iter() {
@@ -157,7 +167,7 @@ impl SourceText {
                     &key.span(),
                     None,
                     format!(
-                        "unknown top-level key `{other}`, expected one of `sources`, `operators`, `sinks`, `runtime`, `pipelines`"
+                        "unknown top-level key `{other}`, expected one of `sources`, `operators`, `sinks`, `runtime`, `pipelines`, `api`"
                     ),
                 )),
             }
@@ -173,6 +183,7 @@ impl SourceText {
             Ok(ConfigFile {
                 source: self,
                 pipelines,
+                api,
             })
         } else {
             Err(ConfigErrors(errors))
@@ -277,9 +288,29 @@ impl Default for RuntimeSettings {
 pub struct ConfigFile<'a> {
     pub source: &'a SourceText,
     pub pipelines: Vec<PipelineSpec<'a>>,
+    /// The `[api]` table, when present.
+    api: Option<Spanned<DeValue<'a>>>,
 }
 
 impl<'a> ConfigFile<'a> {
+    /// Deserialises the `[api]` table into `T`; `None` when the file has none. Unknown keys and
+    /// wrong types come back located at the offending key or value.
+    pub fn api_settings<T: DeserializeOwned>(&self) -> Result<Option<T>, ConfigError> {
+        let Some(value) = &self.api else {
+            return Ok(None);
+        };
+        let span = value.span();
+        T::deserialize(ValueDeserializer::from(value.clone()))
+            .map(Some)
+            .map_err(|e| self.source.toml_error(&e, Some("api"), span))
+    }
+
+    /// An error about the `[api]` table as a whole (located at it).
+    pub fn api_error(&self, message: impl Into<String>) -> ConfigError {
+        let span = self.api.as_ref().map(|v| v.span()).unwrap_or(0..0);
+        self.source.error(&span, Some("api"), message)
+    }
+
     /// The pipeline called `name`, or the only one when `name` is `None`.
     pub fn pipeline(&self, name: Option<&str>) -> Result<&PipelineSpec<'a>, String> {
         let names = || {

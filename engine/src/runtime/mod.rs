@@ -230,7 +230,38 @@ pub fn build_from_text(
     build(pipeline, registry)
 }
 
+/// One component of a pipeline's graph, as tools show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TopologyNode {
+    pub id: String,
+    pub kind: ComponentKind,
+    /// What feeds it: `id`, or `id.port` for a named output.
+    pub inputs: Vec<String>,
+}
+
 impl BuiltPipeline {
+    /// The graph: every component with its inputs, in build order.
+    pub fn topology(&self) -> Vec<TopologyNode> {
+        self.nodes
+            .iter()
+            .map(|node| TopologyNode {
+                id: node.id.clone(),
+                kind: node.kind,
+                inputs: node
+                    .inputs
+                    .iter()
+                    .map(|&(upstream, port)| {
+                        let upstream = &self.nodes[upstream];
+                        match upstream.outputs.get(port).map(|p| p.name.as_str()) {
+                            Some(name) if !name.is_empty() => format!("{}.{name}", upstream.id),
+                            _ => upstream.id.clone(),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
     /// Live metrics of every component, also while running.
     pub fn metrics(&self) -> Arc<MetricsRegistry> {
         self.metrics.clone()

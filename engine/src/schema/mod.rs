@@ -3,6 +3,7 @@
 
 pub mod alert;
 pub mod api_call;
+pub mod row_json;
 pub mod window_metrics;
 
 pub use api_call::{api_call_schema, ApiCall, ApiCallBatchBuilder, Outcome};
