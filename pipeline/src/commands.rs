@@ -8,7 +8,13 @@ use engine::config::{ConfigErrors, SourceText};
 use engine::graph::Graph;
 use engine::runtime::{build, BuiltPipeline, RunReport};
 
-use crate::components::registry;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::api::live::LiveState;
+use crate::api::settings::ApiSettings;
+use crate::api::{PipelineInfo, RunState};
+use crate::components::registry_with;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum GraphFormat {
@@ -24,10 +30,17 @@ fn print_errors(errors: &ConfigErrors) {
     eprintln!("{count} error{} found", if count == 1 { "" } else { "s" });
 }
 
-/// Validates every pipeline of a file; every error is collected.
-pub fn check_file(source: &SourceText) -> Result<Vec<BuiltPipeline>, ConfigErrors> {
+/// A checked file: its pipelines, built, and its `[api]` settings.
+pub struct Checked {
+    pub pipelines: Vec<BuiltPipeline>,
+    pub api: Option<ApiSettings>,
+}
+
+/// Validates every pipeline of a file, and its `[api]` table; every error is collected. The
+/// `api` sinks feed `live`.
+pub fn check_file(source: &SourceText, live: Arc<LiveState>) -> Result<Checked, ConfigErrors> {
     let file = source.parse()?;
-    let registry = registry();
+    let registry = registry_with(live);
     let mut errors = Vec::new();
     let mut built = Vec::new();
     for pipeline in &file.pipelines {
@@ -36,8 +49,25 @@ pub fn check_file(source: &SourceText) -> Result<Vec<BuiltPipeline>, ConfigError
             Err(mut e) => errors.append(&mut e.0),
         }
     }
+    let api = match file.api_settings::<ApiSettings>() {
+        Ok(Some(settings)) => match crate::api::check(&settings) {
+            Ok(()) => Some(settings),
+            Err(message) => {
+                errors.push(file.api_error(message));
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(error) => {
+            errors.push(error);
+            None
+        }
+    };
     if errors.is_empty() {
-        Ok(built)
+        Ok(Checked {
+            pipelines: built,
+            api,
+        })
     } else {
         Err(ConfigErrors(errors))
     }
@@ -51,8 +81,8 @@ pub fn validate(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    match check_file(&source) {
-        Ok(pipelines) => {
+    match check_file(&source, LiveState::new(16)) {
+        Ok(Checked { pipelines, .. }) => {
             let names: Vec<&str> = pipelines.iter().map(|p| p.name.as_str()).collect();
             println!(
                 "{}: ok ({} pipeline{}: {})",
@@ -139,9 +169,11 @@ pub fn print_report(name: &str, report: &RunReport) {
     }
 }
 
-/// Runs pipelines until their sources end or a signal arrives.
+/// Runs pipelines until their sources end or a signal arrives, recording each one's run state
+/// in `states` (by name) when given.
 pub async fn run_pipelines(
     pipelines: Vec<BuiltPipeline>,
+    states: &HashMap<String, Arc<Mutex<RunState>>>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<ExitCode> {
     let mut handles = Vec::new();
@@ -152,7 +184,17 @@ pub async fn run_pipelines(
     }
     let mut failed = false;
     for (name, handle) in handles {
-        match handle.await.context("a pipeline task panicked")? {
+        let outcome = handle.await.context("a pipeline task panicked")?;
+        let run_state = match &outcome {
+            Ok(_) => RunState::Finished,
+            Err(error) => RunState::Failed {
+                error: error.to_string(),
+            },
+        };
+        if let Some(state) = states.get(&name) {
+            *state.lock().unwrap_or_else(|e| e.into_inner()) = run_state;
+        }
+        match outcome {
             Ok(report) => print_report(&name, &report),
             Err(error) => {
                 eprintln!("error: pipeline {name}: {error}");
@@ -175,8 +217,9 @@ pub async fn run(path: &Path, only: &[String]) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    let pipelines = match check_file(&source) {
-        Ok(pipelines) => pipelines,
+    let live = LiveState::new(ApiSettings::default().client_buffer);
+    let Checked { pipelines, api } = match check_file(&source, live.clone()) {
+        Ok(checked) => checked,
         Err(errors) => {
             print_errors(&errors);
             return Ok(ExitCode::from(1));
@@ -196,5 +239,46 @@ pub async fn run(path: &Path, only: &[String]) -> anyhow::Result<ExitCode> {
         .into_iter()
         .filter(|p| only.is_empty() || only.contains(&p.name))
         .collect();
-    run_pipelines(selected, crate::shutdown::on_signal()).await
+    let shutdown = crate::shutdown::on_signal();
+    let mut states = HashMap::new();
+    let mut server = None;
+    if let Some(settings) = api {
+        live.set_client_buffer(settings.client_buffer);
+        let infos: Vec<PipelineInfo> = selected
+            .iter()
+            .map(|p| {
+                let state = Arc::new(Mutex::new(RunState::Running));
+                states.insert(p.name.clone(), state.clone());
+                PipelineInfo {
+                    name: p.name.clone(),
+                    topology: p.topology(),
+                    metrics: p.metrics(),
+                    state,
+                }
+            })
+            .collect();
+        let has_api_sink = selected
+            .iter()
+            .flat_map(|p| p.metrics().report())
+            .any(|c| c.component_type == "api");
+        if !has_api_sink {
+            tracing::warn!("no `api` sink: the realtime endpoints and the WebSocket feed stay empty; add [sinks.live] type = \"api\"");
+        }
+        let state = crate::api::state(settings, live, infos)?;
+        let api_stop = tokio_util::sync::CancellationToken::new();
+        let (address, handle) = crate::api::start(state, api_stop.clone()).await?;
+        eprintln!("API on http://{address}/");
+        server = Some((api_stop, handle));
+    }
+    let code = run_pipelines(selected, &states, shutdown.clone()).await?;
+    if let Some((api_stop, handle)) = server {
+        // Keep answering (readiness says why) until a signal, so orchestrators see the state.
+        if !shutdown.is_cancelled() {
+            tracing::info!("every pipeline ended; the API keeps serving until SIGINT/SIGTERM");
+            shutdown.cancelled().await;
+        }
+        api_stop.cancel();
+        let _ = handle.await;
+    }
+    Ok(code)
 }

@@ -1,5 +1,6 @@
 //! Library side of the `pipeline` binary, so integration tests and benches can drive it.
 
+pub mod api;
 pub mod commands;
 pub mod components;
 pub mod demo;

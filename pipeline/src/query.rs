@@ -26,6 +26,13 @@ pub enum OutputFormat {
 /// A session with every history table that has at least one file registered.
 pub async fn session(data: &str) -> anyhow::Result<(SessionContext, Vec<String>)> {
     let context = SessionContext::new();
+    let registered = register_history(&context, data).await?;
+    Ok((context, registered))
+}
+
+/// Registers in `context` every history table under `data` that has at least one file; returns
+/// their names.
+pub async fn register_history(context: &SessionContext, data: &str) -> anyhow::Result<Vec<String>> {
     let (store, prefix, base_url) = if data.starts_with("s3://") {
         let (store, prefix) = sinks::parquet::open_store(data).map_err(anyhow::Error::msg)?;
         let url = url_of(data)?;
@@ -75,7 +82,7 @@ pub async fn session(data: &str) -> anyhow::Result<(SessionContext, Vec<String>)
             .with_context(|| format!("cannot open table {table}"))?;
         registered.push(table.to_string());
     }
-    Ok((context, registered))
+    Ok(registered)
 }
 
 fn url_of(data: &str) -> anyhow::Result<url::Url> {
@@ -88,17 +95,22 @@ fn url_of(data: &str) -> anyhow::Result<url::Url> {
     url::Url::parse(&base).with_context(|| format!("invalid URL {data}"))
 }
 
+/// What a history query may do: read. DDL (CREATE EXTERNAL TABLE, ...), DML (INSERT, COPY)
+/// and statements (SET, ...) are refused.
+pub fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
 /// Runs one read-only query.
 pub async fn query(
     context: &SessionContext,
     sql: &str,
 ) -> datafusion::error::Result<Vec<RecordBatch>> {
-    let options = SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false);
     context
-        .sql_with_options(sql, options)
+        .sql_with_options(sql, read_only())
         .await?
         .collect()
         .await

@@ -104,7 +104,7 @@ inputs = ["per_minute"]
         "{text}"
     );
     // Unknown type, with the known ones listed.
-    assert!(text.contains(&format!("{file}:22:8: sinks.out: unknown sink type `consol`; expected one of: console, null, parquet")), "{text}");
+    assert!(text.contains(&format!("{file}:22:8: sinks.out: unknown sink type `consol`; expected one of: api, console, email, null, parquet")), "{text}");
     assert!(text.contains("3 errors found"), "{text}");
 }
 
@@ -447,5 +447,33 @@ fn the_demo_raises_alerts_and_delivers_them_signed_to_its_receiver() {
             && l.contains("HighErrorRate")
             && l.contains("gpt-4o")),
         "{live}"
+    );
+}
+
+#[test]
+fn api_settings_errors_are_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "[sources.calls]\ntype = \"generator\"\n\n[sinks.out]\ntype = \"null\"\ninputs = [\"calls\"]\n\n";
+    let unknown = write(
+        dir.path(),
+        "unknown.toml",
+        &format!("{base}[api]\nlisten = \"127.0.0.1:8001\"\nlisen = \"x\"\n"),
+    );
+    let text = stderr(&pipeline(&["validate", &unknown]));
+    assert!(
+        text.contains(&format!("{unknown}:10:1: api: unknown field `lisen`")),
+        "{text}"
+    );
+    let short_key = write(
+        dir.path(),
+        "short.toml",
+        &format!("{base}[api]\nkeys = [{{ name = \"ops\", key = \"short\" }}]\n"),
+    );
+    let text = stderr(&pipeline(&["validate", &short_key]));
+    assert!(
+        text.contains(&format!(
+            "{short_key}:8:1: api: api.keys[0] (ops): `key` is shorter than 16 characters"
+        )),
+        "{text}"
     );
 }

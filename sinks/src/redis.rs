@@ -28,7 +28,7 @@ use engine::component::{ComponentError, ComponentResult, Sink};
 use engine::config::ConfigError;
 use engine::registry::BuildContext;
 use engine::schema::alert::{alert_schema, batch_to_notifications, AlertState};
-use engine::schema::row_json::{cell, row_object, window_key_columns};
+use engine::schema::row_json::{cell, key_text, row_object, window_key_columns};
 use engine::schema::window_metrics::{WINDOW, WINDOW_END, WINDOW_START};
 use engine::time::ConfigDuration;
 use redis::aio::ConnectionManager;
@@ -164,16 +164,7 @@ impl RedisSink {
         let mut pipe = redis::pipe();
         for row in 0..batch.num_rows() {
             let object = row_object(batch, row);
-            let key: Vec<String> = self
-                .keys
-                .iter()
-                .map(|&i| match cell(batch.column(i).as_ref(), row) {
-                    Value::String(s) => s,
-                    Value::Null => String::new(),
-                    other => other.to_string(),
-                })
-                .collect();
-            let key = key.join("|");
+            let key = key_text(batch, &self.keys, row);
             let window_name = match cell(window.as_ref(), row) {
                 Value::String(s) => s,
                 other => other.to_string(),

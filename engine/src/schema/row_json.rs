@@ -70,6 +70,20 @@ pub fn window_key_columns(schema: &SchemaRef) -> Vec<usize> {
     (start..end).collect()
 }
 
+/// The key columns `keys` of row `row` as one text: values joined with `|`, an absent value
+/// empty, a string as itself.
+pub fn key_text(batch: &RecordBatch, keys: &[usize], row: usize) -> String {
+    let parts: Vec<String> = keys
+        .iter()
+        .map(|&i| match cell(batch.column(i).as_ref(), row) {
+            Value::String(s) => s,
+            Value::Null => String::new(),
+            other => other.to_string(),
+        })
+        .collect();
+    parts.join("|")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

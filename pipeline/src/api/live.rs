@@ -1,0 +1,171 @@
+//! The server's live state, fed by `api` sinks in the same process: the latest window result
+//! per (window, key), the active alerts and the recent alert changes; and the broadcast every
+//! WebSocket client subscribes to.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, RwLock};
+
+use engine::schema::alert::{AlertNotification, AlertState};
+use serde_json::{json, Map, Value};
+use tokio::sync::broadcast;
+
+/// Alert changes kept for `GET /api/v1/alerts`.
+pub const RECENT_ALERTS: usize = 200;
+
+/// One update for WebSocket clients, serialised once for all of them.
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub model: Option<String>,
+    pub endpoint: Option<String>,
+    pub json: Arc<str>,
+}
+
+pub struct LiveState {
+    windows: RwLock<BTreeMap<(String, String), Map<String, Value>>>,
+    active_alerts: RwLock<BTreeMap<String, Value>>,
+    recent_alerts: RwLock<VecDeque<Value>>,
+    updates: RwLock<broadcast::Sender<Update>>,
+}
+
+fn text_field(object: &Map<String, Value>, name: &str) -> Option<String> {
+    object.get(name).and_then(Value::as_str).map(str::to_string)
+}
+
+impl LiveState {
+    /// `client_buffer`: updates a WebSocket client may fall behind before it skips ahead.
+    pub fn new(client_buffer: usize) -> Arc<Self> {
+        let (updates, _) = broadcast::channel(client_buffer.max(16));
+        Arc::new(Self {
+            windows: RwLock::new(BTreeMap::new()),
+            active_alerts: RwLock::new(BTreeMap::new()),
+            recent_alerts: RwLock::new(VecDeque::new()),
+            updates: RwLock::new(updates),
+        })
+    }
+
+    /// Sets how far a WebSocket client may fall behind; call before the first subscriber.
+    pub fn set_client_buffer(&self, client_buffer: usize) {
+        let (updates, _) = broadcast::channel(client_buffer.max(16));
+        *self.updates.write().unwrap_or_else(|e| e.into_inner()) = updates;
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Update> {
+        self.updates
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .subscribe()
+    }
+
+    fn publish(&self, update: Update) {
+        let updates = self.updates.read().unwrap_or_else(|e| e.into_inner());
+        // No subscriber is not an error.
+        let _ = updates.send(update);
+    }
+
+    /// Keeps `row` as its key's latest result unless a newer window is already there, and
+    /// sends it to WebSocket clients.
+    pub fn record_window(&self, key: String, row: Map<String, Value>) {
+        let window = text_field(&row, "window").unwrap_or_default();
+        let start = text_field(&row, "window_start").unwrap_or_default();
+        let update = Update {
+            model: text_field(&row, "model"),
+            endpoint: text_field(&row, "endpoint"),
+            json: json!({ "type": "window_result", "data": &row })
+                .to_string()
+                .into(),
+        };
+        {
+            let mut windows = self.windows.write().unwrap_or_else(|e| e.into_inner());
+            let slot = windows.entry((window, key)).or_default();
+            // RFC 3339 text of one fixed width sorts like the time it names.
+            let newer = text_field(slot, "window_start").is_none_or(|held| start >= held);
+            if newer {
+                *slot = row;
+            }
+        }
+        self.publish(update);
+    }
+
+    /// Applies an alert change: pending and firing alerts are active, resolved ones are not.
+    pub fn record_alert(&self, notification: &AlertNotification) {
+        let body: Value = serde_json::from_str(&sinks::webhook::payload::body(
+            sinks::webhook::Format::Json,
+            notification,
+            "",
+            "",
+        ))
+        .unwrap_or(Value::Null);
+        {
+            let mut active = self
+                .active_alerts
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            if notification.state == AlertState::Resolved {
+                active.remove(&notification.alert_id);
+            } else {
+                active.insert(notification.alert_id.clone(), body.clone());
+            }
+        }
+        {
+            let mut recent = self
+                .recent_alerts
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            recent.push_front(body.clone());
+            recent.truncate(RECENT_ALERTS);
+        }
+        self.publish(Update {
+            model: notification.labels.get("model").cloned(),
+            endpoint: notification.labels.get("endpoint").cloned(),
+            json: json!({ "type": "alert", "data": body }).to_string().into(),
+        });
+    }
+
+    /// The latest result of every key that passes `keep`, by window then key.
+    pub fn latest(&self, keep: impl Fn(&Map<String, Value>) -> bool) -> Vec<Value> {
+        let windows = self.windows.read().unwrap_or_else(|e| e.into_inner());
+        windows
+            .values()
+            .filter(|row| keep(row))
+            .map(|row| Value::Object(row.clone()))
+            .collect()
+    }
+
+    pub fn active_alerts(&self) -> Vec<Value> {
+        let active = self.active_alerts.read().unwrap_or_else(|e| e.into_inner());
+        active.values().cloned().collect()
+    }
+
+    /// Newest first.
+    pub fn recent_alerts(&self) -> Vec<Value> {
+        let recent = self.recent_alerts.read().unwrap_or_else(|e| e.into_inner());
+        recent.iter().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(window: &str, start: &str, model: &str, count: u64) -> Map<String, Value> {
+        let Value::Object(map) = json!({
+            "window": window, "window_start": start, "model": model, "count": count
+        }) else {
+            unreachable!("an object literal")
+        };
+        map
+    }
+
+    #[test]
+    fn a_late_revision_of_an_older_window_does_not_replace_a_newer_one() {
+        let live = LiveState::new(16);
+        live.record_window("a".into(), row("1m", "2026-01-01T00:01:00.000000Z", "a", 5));
+        live.record_window("a".into(), row("1m", "2026-01-01T00:00:00.000000Z", "a", 9));
+        live.record_window("b".into(), row("1m", "2026-01-01T00:00:00.000000Z", "b", 1));
+        let latest = live.latest(|_| true);
+        assert_eq!(latest.len(), 2);
+        assert_eq!(latest[0]["count"], 5);
+        let only_b = live.latest(|r| r.get("model") == Some(&json!("b")));
+        assert_eq!(only_b.len(), 1);
+    }
+}

@@ -1,0 +1,108 @@
+//! The `[api]` table of pipelines.toml: where the HTTP server listens, who may call it, and
+//! the limits of its SQL endpoint.
+
+use std::time::Duration;
+
+use engine::time::ConfigDuration;
+use serde::Deserialize;
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Every `GET`, the WebSocket feed and `/metrics`.
+    Read,
+    /// Also SQL and changing alert rules.
+    Admin,
+}
+
+/// One API key. Give the key itself (usually `${ENV_VAR}`) or only its SHA-256 in hex, so the
+/// file need not hold the secret.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySpec {
+    /// Shown in logs and error messages, never the key.
+    pub name: String,
+    pub key: Option<String>,
+    pub sha256: Option<String>,
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<Scope>,
+}
+
+fn default_scopes() -> Vec<Scope> {
+    vec![Scope::Read]
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// With no keys every endpoint is open (fine on loopback; a warning otherwise).
+    #[serde(default)]
+    pub keys: Vec<KeySpec>,
+    /// Origins allowed to call from a browser; `["*"]` for any. Empty: no CORS headers.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+    /// The Parquet history root (a directory or `s3://bucket/prefix`) SQL reads.
+    #[serde(default = "default_history")]
+    pub history: String,
+    #[serde(default = "default_query_timeout")]
+    pub query_timeout: ConfigDuration,
+    /// Memory a query may use, in MiB, before it fails.
+    #[serde(default = "default_query_memory_mib")]
+    pub query_memory_mib: usize,
+    /// Rows a query may return.
+    #[serde(default = "default_query_max_rows")]
+    pub query_max_rows: usize,
+    /// How often the WebSocket feed sends a heartbeat.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat: ConfigDuration,
+    /// Updates buffered per WebSocket client; a client further behind skips ahead.
+    #[serde(default = "default_client_buffer")]
+    pub client_buffer: usize,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8001".to_string()
+}
+fn default_history() -> String {
+    "./data".to_string()
+}
+fn default_query_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(30)
+}
+fn default_query_memory_mib() -> usize {
+    512
+}
+fn default_query_max_rows() -> usize {
+    100_000
+}
+fn default_heartbeat() -> ConfigDuration {
+    ConfigDuration::from_secs(15)
+}
+fn default_client_buffer() -> usize {
+    1024
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            keys: Vec::new(),
+            cors_origins: Vec::new(),
+            history: default_history(),
+            query_timeout: default_query_timeout(),
+            query_memory_mib: default_query_memory_mib(),
+            query_max_rows: default_query_max_rows(),
+            heartbeat: default_heartbeat(),
+            client_buffer: default_client_buffer(),
+        }
+    }
+}
+
+impl ApiSettings {
+    pub fn query_timeout(&self) -> Duration {
+        self.query_timeout.0
+    }
+}

@@ -1,0 +1,124 @@
+//! `GET /ws/metrics`: a WebSocket feed of every window result and alert change as JSON
+//! (`{"type": "window_result" | "alert", "data": {...}}`), filtered by `model` / `endpoint`
+//! chosen at subscribe time. A client first gets a `snapshot` of the latest results and active
+//! alerts, then updates, and a `heartbeat` every `api.heartbeat`. A client that falls more
+//! than `api.client_buffer` updates behind is skipped ahead (told with a `lagged` message
+//! saying how many it missed); one that does not take a message for 10 s is dropped. Neither
+//! holds up the other clients or the pipeline.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::response::Response;
+use serde_json::{json, Value};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::error::ApiError;
+use super::live::Update;
+use super::routes::check_params;
+use super::state::AppState;
+
+/// A client that cannot take one message for this long is dropped.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Default)]
+struct Filter {
+    model: Option<String>,
+    endpoint: Option<String>,
+}
+
+impl Filter {
+    fn keeps(&self, model: Option<&str>, endpoint: Option<&str>) -> bool {
+        self.model.as_deref().is_none_or(|m| model == Some(m))
+            && self.endpoint.as_deref().is_none_or(|e| endpoint == Some(e))
+    }
+}
+
+pub async fn upgrade(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<HashMap<String, String>>,
+    socket: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    check_params(&params, &["model", "endpoint"])?;
+    let filter = Filter {
+        model: params.get("model").cloned(),
+        endpoint: params.get("endpoint").cloned(),
+    };
+    Ok(socket.on_upgrade(move |socket| serve(socket, state, filter)))
+}
+
+async fn send(socket: &mut WebSocket, text: impl Into<Utf8Bytes>) -> bool {
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await,
+        Ok(Ok(()))
+    )
+}
+
+fn snapshot(state: &AppState, filter: &Filter) -> String {
+    let field = |row: &serde_json::Map<String, Value>, name: &str| {
+        row.get(name).and_then(Value::as_str).map(str::to_string)
+    };
+    let windows = state.live.latest(|row| {
+        filter.keeps(
+            field(row, "model").as_deref(),
+            field(row, "endpoint").as_deref(),
+        )
+    });
+    let alerts: Vec<Value> = state
+        .live
+        .active_alerts()
+        .into_iter()
+        .filter(|alert| {
+            let label = |name: &str| alert["labels"][name].as_str().map(str::to_string);
+            filter.keeps(label("model").as_deref(), label("endpoint").as_deref())
+        })
+        .collect();
+    json!({ "type": "snapshot", "data": { "windows": windows, "active_alerts": alerts } })
+        .to_string()
+}
+
+async fn serve(mut socket: WebSocket, state: Arc<AppState>, filter: Filter) {
+    let mut updates = state.live.subscribe();
+    if !send(&mut socket, snapshot(&state, &filter)).await {
+        return;
+    }
+    let mut heartbeat = tokio::time::interval(state.settings.heartbeat.0);
+    heartbeat.tick().await;
+    loop {
+        tokio::select! {
+            update = updates.recv() => match update {
+                Ok(Update { model, endpoint, json }) => {
+                    if filter.keeps(model.as_deref(), endpoint.as_deref())
+                        && !send(&mut socket, json.to_string()).await
+                    {
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(skipped)) => {
+                    let notice = json!({ "type": "lagged", "skipped": skipped }).to_string();
+                    if !send(&mut socket, notice).await {
+                        return;
+                    }
+                }
+                Err(RecvError::Closed) => return,
+            },
+            _ = heartbeat.tick() => {
+                let beat = json!({
+                    "type": "heartbeat",
+                    "time": engine::time::format_micros(chrono::Utc::now().timestamp_micros()),
+                })
+                .to_string();
+                if !send(&mut socket, beat).await {
+                    return;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! The HTTP API against a real run: a generated stream through 10 s windows and an alert rule
+//! into `api` and Parquet sinks, served by the `[api]` server. Checks every endpoint with and
+//! without keys, with the wrong scope, with bad parameters; refused SQL; the WebSocket feed and
+//! its filter; CORS; and that `promtool check metrics` accepts `/metrics`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use engine::config::SourceText;
+use futures::StreamExt;
+use pipeline::api::live::LiveState;
+use pipeline::api::{PipelineInfo, RunState};
+use pipeline::commands::{check_file, run_pipelines, Checked};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+const READ_KEY: &str = "read-key-0123456789abcdef";
+const ADMIN_KEY: &str = "admin-key-0123456789abcdef";
+
+struct Running {
+    base: String,
+    address: std::net::SocketAddr,
+    client: reqwest::Client,
+    run: tokio::task::JoinHandle<()>,
+    state: Arc<Mutex<RunState>>,
+    _history: tempfile::TempDir,
+}
+
+fn config(history: &str) -> String {
+    format!(
+        r#"
+[sources.calls]
+type = "generator"
+clock = "simulated"
+start_time = "2026-05-01T10:00:00Z"
+rate = 200.0
+count = 12000
+models = ["gpt-4o", "llama-3-70b"]
+seed = 11
+
+[operators.per_10s]
+type = "window"
+inputs = ["calls"]
+size = "10s"
+key = ["model", "endpoint"]
+
+[operators.alerts]
+type = "alert"
+inputs = ["per_10s"]
+key = ["model", "endpoint"]
+
+[[operators.alerts.rules]]
+name = "Traffic"
+condition = "count >= 1"
+annotations = {{ summary = "{{{{model}}}} has traffic" }}
+
+[sinks.live]
+type = "api"
+inputs = ["per_10s"]
+
+[sinks.live_alerts]
+type = "api"
+inputs = ["alerts"]
+
+[sinks.history]
+type = "parquet"
+inputs = ["per_10s"]
+path = "{history}"
+table = "window_metrics"
+
+[api]
+listen = "127.0.0.1:0"
+history = "{history}"
+cors_origins = ["https://grafana.example"]
+query_max_rows = 5
+heartbeat = "200ms"
+keys = [
+  {{ name = "grafana", key = "{READ_KEY}" }},
+  {{ name = "ops", key = "{ADMIN_KEY}", scopes = ["read", "admin"] }},
+]
+"#
+    )
+}
+
+/// Builds and serves the pipeline; `before_run` gets the base URL before any event flows.
+async fn start<F, Fut>(before_run: F) -> (Running, Fut::Output)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future,
+{
+    let history = tempfile::tempdir().expect("tempdir");
+    let text = config(&history.path().display().to_string());
+    let source = SourceText::new("api.toml", text, |_| None).expect("interpolates");
+    let live = LiveState::new(1024);
+    let Checked { pipelines, api } = match check_file(&source, live.clone()) {
+        Ok(checked) => checked,
+        Err(errors) => panic!("config: {errors}"),
+    };
+    let settings = api.expect("[api] table");
+    let state = Arc::new(Mutex::new(RunState::Running));
+    let infos = pipelines
+        .iter()
+        .map(|p| PipelineInfo {
+            name: p.name.clone(),
+            topology: p.topology(),
+            metrics: p.metrics(),
+            state: state.clone(),
+        })
+        .collect();
+    let app = pipeline::api::state(settings, live, infos).expect("state");
+    let (address, _server) = pipeline::api::start(app, CancellationToken::new())
+        .await
+        .expect("serves");
+    let base = format!("http://{address}");
+    let early = before_run(base.clone()).await;
+    let states = HashMap::from([("main".to_string(), state.clone())]);
+    let run = tokio::spawn(async move {
+        run_pipelines(pipelines, &states, CancellationToken::new())
+            .await
+            .expect("runs");
+    });
+    let running = Running {
+        base,
+        address,
+        client: reqwest::Client::new(),
+        run,
+        state,
+        _history: history,
+    };
+    (running, early)
+}
+
+impl Running {
+    async fn finished(&mut self) {
+        (&mut self.run).await.expect("the run task");
+        assert_eq!(*self.state.lock().unwrap(), RunState::Finished);
+    }
+
+    async fn get(&self, path: &str, key: Option<&str>) -> (u16, Value) {
+        let mut request = self.client.get(format!("{}{path}", self.base));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.expect("answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn sql(&self, sql: &str, key: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .post(format!("{}/api/v1/query", self.base))
+            .header("x-api-key", key)
+            .json(&serde_json::json!({ "sql": sql }))
+            .send()
+            .await
+            .expect("answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("JSON"))
+    }
+}
+
+fn message(body: &Value) -> &str {
+    body["message"].as_str().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_answer_with_keys_scopes_and_named_errors() {
+    let (mut api, ()) = start(|_| async {}).await;
+    let (status, body) = api.get("/health", None).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    api.finished().await;
+
+    // Keys and scopes.
+    let (status, body) = api.get("/api/v1/metrics/realtime", None).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(message(&body).contains("missing API key"), "{body}");
+    let (status, _) = api.get("/api/v1/metrics/realtime", Some("wrong-key")).await;
+    assert_eq!(status, 401);
+    let (status, body) = api.sql("SELECT 1", READ_KEY).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(message(&body).contains("`grafana` lacks the `admin` scope"));
+
+    // Live metrics, filtered.
+    let (status, body) = api.get("/api/v1/metrics/realtime", Some(READ_KEY)).await;
+    assert_eq!(status, 200, "{body}");
+    let results = body["results"].as_array().expect("results");
+    assert!(results.len() >= 2, "{body}");
+    let (_, only) = api
+        .get("/api/v1/metrics/realtime?model=gpt-4o", Some(READ_KEY))
+        .await;
+    let only = only["results"].as_array().expect("results");
+    assert!(!only.is_empty() && only.iter().all(|r| r["model"] == "gpt-4o"));
+    assert!(only.len() < results.len());
+    let (status, body) = api
+        .get("/api/v1/metrics/realtime?modle=gpt-4o", Some(READ_KEY))
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        message(&body).starts_with("`modle`: unknown parameter"),
+        "{body}"
+    );
+
+    // The summary adds up the latest results; the predecessor's path answers the same.
+    let (status, summary) = api.get("/api/v1/metrics/summary", Some(READ_KEY)).await;
+    assert_eq!(status, 200);
+    let requests: f64 = results.iter().map(|r| r["count"].as_f64().unwrap()).sum();
+    assert_eq!(
+        summary["windows"]["per_10s"]["requests"].as_f64(),
+        Some(requests),
+        "{summary}"
+    );
+    let (_, alias) = api.get("/v1/metrics/summary", Some(READ_KEY)).await;
+    assert_eq!(alias["windows"], summary["windows"]);
+
+    // Alerts: the traffic rule fires for every key.
+    let (status, alerts) = api.get("/api/v1/alerts", Some(READ_KEY)).await;
+    assert_eq!(status, 200);
+    let active = alerts["active"].as_array().expect("active");
+    assert_eq!(active.len(), results.len(), "{alerts}");
+    assert!(active.iter().all(|a| a["state"] == "firing"));
+    assert!(!alerts["recent"].as_array().expect("recent").is_empty());
+
+    // Topology, stats, health, readiness.
+    let (_, pipelines) = api.get("/api/v1/pipelines", Some(READ_KEY)).await;
+    let components = pipelines["pipelines"][0]["components"]
+        .as_array()
+        .expect("components");
+    let window = components
+        .iter()
+        .find(|c| c["id"] == "per_10s")
+        .expect("per_10s");
+    assert_eq!(window["inputs"], serde_json::json!(["calls"]));
+    assert_eq!(window["stats"]["events_in"], 12000);
+    let (_, health) = api.get("/api/v1/health", Some(READ_KEY)).await;
+    assert_eq!(health["status"], "unhealthy", "every pipeline has ended");
+    let (status, ready) = api.get("/ready", None).await;
+    assert_eq!(status, 503);
+    assert_eq!(ready["pipelines"][0]["state"], "finished");
+    let (status, body) = api.get("/api/v1/nothing", Some(READ_KEY)).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_reads_the_history_and_refuses_everything_else() {
+    let (mut api, ()) = start(|_| async {}).await;
+    api.finished().await;
+    let (status, body) = api
+        .sql("SELECT sum(count) AS calls FROM window_metrics", ADMIN_KEY)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"][0]["calls"], 12000);
+    assert_eq!(body["columns"][0]["name"], "calls");
+
+    let (status, body) = api.sql("SELECT * FROM window_metrics", ADMIN_KEY).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["row_count"], 5, "query_max_rows");
+    assert_eq!(body["truncated"], true);
+
+    for refused in [
+        "DROP TABLE window_metrics",
+        "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'",
+        "COPY (SELECT 1) TO '/tmp/pipeline-api-test.csv'",
+        "INSERT INTO window_metrics SELECT * FROM window_metrics",
+        "SET datafusion.execution.batch_size = 1",
+    ] {
+        let (status, body) = api.sql(refused, ADMIN_KEY).await;
+        assert_eq!(status, 400, "{refused}: {body}");
+        assert_eq!(body["error"], "refused", "{refused}: {body}");
+    }
+    for unreadable in [
+        "SELECT * FROM read_parquet('/etc/passwd')",
+        "SELECT * FROM '/etc/passwd'",
+        "SELECT * FROM read_csv('/etc/passwd')",
+    ] {
+        let (status, body) = api.sql(unreadable, ADMIN_KEY).await;
+        assert_eq!(status, 400, "{unreadable}: {body}");
+    }
+    let response = api
+        .client
+        .post(format!("{}/api/v1/query", api.base))
+        .header("x-api-key", ADMIN_KEY)
+        .json(&serde_json::json!({ "query": "SELECT 1" }))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status().as_u16(), 400);
+    let body: Value = response.json().await.expect("JSON");
+    assert!(message(&body).starts_with("`body`:"), "{body}");
+    assert!(message(&body).contains("query"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_websocket_feed_sends_a_snapshot_then_filtered_updates() {
+    let (mut api, (mut socket, mut unauthorised)) = start(|base| async move {
+        let ws = base.replacen("http", "ws", 1);
+        let (socket, _) = tokio_tungstenite::connect_async(format!(
+            "{ws}/ws/metrics?model=gpt-4o&api_key={READ_KEY}"
+        ))
+        .await
+        .expect("connects");
+        let refused = tokio_tungstenite::connect_async(format!("{ws}/ws/metrics")).await;
+        (socket, Some(refused))
+    })
+    .await;
+    match unauthorised.take() {
+        Some(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
+            assert_eq!(response.status().as_u16(), 401)
+        }
+        other => panic!("a feed without a key was not refused: {other:?}"),
+    }
+    let mut kinds: HashMap<String, usize> = HashMap::new();
+    let mut models = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while kinds.get("heartbeat").copied().unwrap_or(0) < 2
+        || kinds.get("alert").copied().unwrap_or(0) == 0
+    {
+        let next = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .expect("messages keep coming");
+        let Some(Ok(Message::Text(text))) = next else {
+            continue;
+        };
+        let value: Value = serde_json::from_str(&text).expect("JSON");
+        let kind = value["type"].as_str().unwrap_or_default().to_string();
+        if kind == "window_result" {
+            models.insert(
+                value["data"]["model"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+        if kind == "alert" {
+            assert_eq!(value["data"]["labels"]["model"], "gpt-4o");
+        }
+        if kinds.is_empty() {
+            assert_eq!(kind, "snapshot", "the first message is the snapshot");
+        }
+        *kinds.entry(kind).or_default() += 1;
+    }
+    assert!(kinds["window_result"] > 0, "{kinds:?}");
+    assert_eq!(models.into_iter().collect::<Vec<_>>(), vec!["gpt-4o"]);
+    api.finished().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_and_prometheus_metrics() {
+    let (mut api, ()) = start(|_| async {}).await;
+    api.finished().await;
+    let preflight = api
+        .client
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/api/v1/alerts", api.base),
+        )
+        .header("origin", "https://grafana.example")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(
+        preflight
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap()),
+        Some("https://grafana.example")
+    );
+    let other = api
+        .client
+        .get(format!("{}/health", api.base))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("answers");
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+
+    let response = api
+        .client
+        .get(format!("http://{}/metrics", api.address))
+        .bearer_auth(READ_KEY)
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status().as_u16(), 200);
+    let text = response.text().await.expect("text");
+    assert!(
+        text.contains(
+            "pipeline_component_received_events_total{pipeline=\"main\",component=\"per_10s\",kind=\"operator\",type=\"window\"} 12000"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("pipeline_running{pipeline=\"main\"} 0"));
+    check_with_promtool(&text);
+}
+
+/// `promtool check metrics` (Debian's `prometheus` package; `.ci/run` installs it).
+fn check_with_promtool(text: &str) {
+    use std::io::Write;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(error) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("promtool is required under CI (apt-get install prometheus): {error}")
+        }
+        Err(_) => {
+            eprintln!("skipped promtool: apt-get install prometheus");
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let output = child.wait_with_output().expect("promtool ends");
+    assert!(
+        output.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
