@@ -64,6 +64,10 @@ inputs = ["per_10s"]
 type = "api"
 inputs = ["alerts"]
 
+[sinks.live_calls]
+type = "api"
+inputs = ["calls"]
+
 [sinks.history]
 type = "parquet"
 inputs = ["per_10s"]
@@ -398,6 +402,16 @@ async fn cors_and_prometheus_metrics() {
         "{text}"
     );
     assert!(text.contains("pipeline_running{pipeline=\"main\"} 0"));
+    // The monitored APIs: one histogram count per call, TTFT for streamed calls, tokens.
+    let calls: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("http_server_request_duration_seconds_count{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(calls, 12000.0, "{text}");
+    assert!(text.contains("# TYPE gen_ai_server_time_to_first_token_seconds histogram"));
+    assert!(text.contains("le=\"0.005\"") && text.contains("le=\"+Inf\""));
+    assert!(text.contains("gen_ai_client_token_usage_total{model=\"gpt-4o\""));
     check_with_promtool(&text);
 }
 
@@ -433,4 +447,67 @@ fn check_with_promtool(text: &str) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn historical_metrics_regroup_the_parquet_history() {
+    let (mut api, ()) = start(|_| async {}).await;
+    api.finished().await;
+    let range = "from=2026-05-01T10:00:00Z&to=2026-05-01T10:05:00Z";
+    let (status, body) = api
+        .get(
+            &format!("/api/v1/metrics/historical?{range}&step=1m"),
+            Some(READ_KEY),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["window"], "per_10s", "the only window is chosen");
+    let points = body["points"].as_array().expect("points");
+    let total: f64 = points.iter().map(|p| p["requests"].as_f64().unwrap()).sum();
+    assert_eq!(total, 12000.0, "{body}");
+    // One minute of events: every window falls in the 10:00 bucket, once per key.
+    let times: std::collections::BTreeSet<&str> =
+        points.iter().map(|p| p["time"].as_str().unwrap()).collect();
+    assert_eq!(times.len(), 1, "{body}");
+    assert!(
+        times.first().unwrap().starts_with("2026-05-01T10:00:00"),
+        "{body}"
+    );
+
+    let (_, gpt) = api
+        .get(
+            &format!("/api/v1/metrics/historical?{range}&step=10s&model=gpt-4o&window=per_10s"),
+            Some(READ_KEY),
+        )
+        .await;
+    let gpt = gpt["points"].as_array().expect("points");
+    assert!(!gpt.is_empty() && gpt.iter().all(|p| p["model"] == "gpt-4o"));
+    let gpt_total: f64 = gpt.iter().map(|p| p["requests"].as_f64().unwrap()).sum();
+    assert!(gpt_total > 0.0 && gpt_total < 12000.0);
+
+    for (query, field) in [
+        (format!("{range}&step=soon"), "step"),
+        (format!("{range}&step=500ms"), "step"),
+        (
+            "from=2026-05-01T11:00:00Z&to=2026-05-01T10:00:00Z".to_string(),
+            "from",
+        ),
+        ("from=yesterday".to_string(), "from"),
+        (
+            "from=2020-01-01T00:00:00Z&to=2026-01-01T00:00:00Z&step=1s".to_string(),
+            "step",
+        ),
+    ] {
+        let (status, body) = api
+            .get(
+                &format!("/api/v1/metrics/historical?{query}"),
+                Some(READ_KEY),
+            )
+            .await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(
+            message(&body).starts_with(&format!("`{field}`")),
+            "{query}: {body}"
+        );
+    }
 }

@@ -1,6 +1,6 @@
 //! The server's live state, fed by `api` sinks in the same process: the latest window result
-//! per (window, key), the active alerts and the recent alert changes; and the broadcast every
-//! WebSocket client subscribes to.
+//! per (window, key), the active alerts and the recent alert changes, the monitored APIs'
+//! Prometheus metrics; and the broadcast every WebSocket client subscribes to.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, RwLock};
@@ -21,6 +21,8 @@ pub struct Update {
 }
 
 pub struct LiveState {
+    /// The monitored APIs' histograms and counters for `/metrics`.
+    pub calls: super::call_metrics::CallMetrics,
     windows: RwLock<BTreeMap<(String, String), Map<String, Value>>>,
     active_alerts: RwLock<BTreeMap<String, Value>>,
     recent_alerts: RwLock<VecDeque<Value>>,
@@ -36,6 +38,7 @@ impl LiveState {
     pub fn new(client_buffer: usize) -> Arc<Self> {
         let (updates, _) = broadcast::channel(client_buffer.max(16));
         Arc::new(Self {
+            calls: Default::default(),
             windows: RwLock::new(BTreeMap::new()),
             active_alerts: RwLock::new(BTreeMap::new()),
             recent_alerts: RwLock::new(VecDeque::new()),

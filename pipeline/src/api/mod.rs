@@ -4,7 +4,9 @@
 //! over the history; API keys with scopes and configurable CORS. One axum router.
 
 pub mod auth;
+pub mod call_metrics;
 pub mod error;
+pub mod historical;
 pub mod live;
 pub mod prometheus;
 pub mod routes;
@@ -93,6 +95,7 @@ pub fn router(state: Arc<AppState>) -> Result<Router, String> {
         .route("/api/v1/health", get(routes::system_health))
         .route("/api/v1/metrics/realtime", get(routes::realtime))
         .route("/api/v1/metrics/summary", get(routes::summary))
+        .route("/api/v1/metrics/historical", get(historical::historical))
         .route("/v1/metrics/summary", get(routes::summary))
         .route("/api/v1/alerts", get(routes::alerts))
         .route("/api/v1/pipelines", get(routes::pipelines))

@@ -1,6 +1,7 @@
 //! `GET /metrics`: the pipeline's own metrics in the Prometheus text format (version 0.0.4):
 //! per component rows received / sent, errors, drops, late rows, queue depth, watermark lag,
-//! checkpoints, and each component's own counters (retries, rejected, ...).
+//! checkpoints, and each component's own counters (retries, rejected, ...); then the monitored
+//! APIs' metrics (see [`super::call_metrics`]).
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use axum::response::IntoResponse;
 use super::state::AppState;
 
 /// Escapes a label value as the text format requires.
-fn escape(value: &str) -> String {
+pub(crate) fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -152,6 +153,7 @@ pub fn render(state: &AppState) -> String {
     ] {
         family.render(&mut out);
     }
+    state.live.calls.render(&mut out);
     out
 }
 

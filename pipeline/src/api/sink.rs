@@ -1,6 +1,7 @@
 //! The `api` sink: hands window results and alert changes to the HTTP server of the same
-//! process (its live state and WebSocket feed). Takes the output of a window, anomaly or alert
-//! operator; has no settings.
+//! process (its live state and WebSocket feed), or raw api_call events to its Prometheus
+//! metrics. Takes the output of a window, anomaly or alert operator, or a source of calls; has
+//! no settings.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use engine::config::ConfigError;
 use engine::metrics::ComponentMetrics;
 use engine::registry::BuildContext;
 use engine::schema::alert::{alert_schema, batch_to_notifications};
+use engine::schema::api_call_schema;
 use engine::schema::row_json::{key_text, row_object, window_key_columns};
 use engine::schema::window_metrics::{WINDOW, WINDOW_START};
 use serde::Deserialize;
@@ -27,24 +29,36 @@ pub fn build(
 ) -> Result<Box<dyn Sink>, ConfigError> {
     let _: ApiSinkConfig = ctx.spec.settings()?;
     let schema = ctx.input_schema()?;
-    let alerts = schema.fields() == alert_schema().fields();
-    if !alerts && (schema.index_of(WINDOW).is_err() || schema.index_of(WINDOW_START).is_err()) {
+    let rows = if schema.fields() == alert_schema().fields() {
+        Rows::Alerts
+    } else if schema.fields() == api_call_schema().fields() {
+        Rows::Calls
+    } else if schema.index_of(WINDOW).is_ok() && schema.index_of(WINDOW_START).is_ok() {
+        Rows::Windows
+    } else {
         return Err(ctx.spec.error_at_input(
             0,
-            "the api sink serves window results and alerts: connect it to a window, anomaly or alert operator",
+            "the api sink serves window results, alerts and api_call events: connect it to a window, anomaly or alert operator, or to a source of calls",
         ));
-    }
+    };
     Ok(Box::new(ApiSink {
         live,
-        alerts,
+        rows,
         keys: window_key_columns(&schema),
         metrics: ctx.metrics.clone(),
     }))
 }
 
+/// What the sink's input carries.
+enum Rows {
+    Windows,
+    Alerts,
+    Calls,
+}
+
 pub struct ApiSink {
     live: Arc<LiveState>,
-    alerts: bool,
+    rows: Rows,
     keys: Vec<usize>,
     metrics: Arc<ComponentMetrics>,
 }
@@ -53,14 +67,18 @@ pub struct ApiSink {
 impl Sink for ApiSink {
     async fn write(&mut self, batch: RecordBatch) -> ComponentResult {
         self.metrics.record_in(batch.num_rows());
-        if self.alerts {
-            for notification in batch_to_notifications(&batch)? {
-                self.live.record_alert(&notification);
+        match self.rows {
+            Rows::Alerts => {
+                for notification in batch_to_notifications(&batch)? {
+                    self.live.record_alert(&notification);
+                }
             }
-        } else {
-            for row in 0..batch.num_rows() {
-                let key = key_text(&batch, &self.keys, row);
-                self.live.record_window(key, row_object(&batch, row));
+            Rows::Calls => self.live.calls.record(&batch),
+            Rows::Windows => {
+                for row in 0..batch.num_rows() {
+                    let key = key_text(&batch, &self.keys, row);
+                    self.live.record_window(key, row_object(&batch, row));
+                }
             }
         }
         self.metrics.record_out(batch.num_rows());
