@@ -8,3 +8,4 @@ pub mod logging;
 pub mod query;
 pub mod receiver;
 pub mod shutdown;
+pub mod status;

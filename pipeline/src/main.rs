@@ -1,5 +1,5 @@
 //! The `pipeline` binary: runs pipelines from `pipelines.toml`, validates and draws them, answers
-//! SQL over the Parquet history, and runs the embedded demo.
+//! SQL over the Parquet history, runs the embedded demo, and looks at a running instance.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use pipeline::logging::{LogFormat, LogOptions};
 use pipeline::query::OutputFormat;
-use pipeline::{commands, demo, query, receiver};
+use pipeline::{commands, demo, query, receiver, status};
 
 #[derive(Parser)]
 #[command(
@@ -69,6 +69,10 @@ enum Command {
     /// Receive alert notifications from a `webhook` sink: checks each signature and prints
     /// one line per notification (for trying alert rules, and in the demo).
     ReceiveWebhook(receiver::ReceiverOptions),
+    /// Show a running instance's health, pipelines and per-component rates (through its API).
+    Status(status::ClientOptions),
+    /// A live view of a running instance's per-component throughput and errors.
+    Top(status::TopOptions),
 }
 
 fn main() -> ExitCode {
@@ -102,6 +106,8 @@ fn main() -> ExitCode {
             Command::Demo(options) => demo::run(options).await,
             Command::ModelApi(options) => demo::serve_model_api(options).await,
             Command::ReceiveWebhook(options) => receiver::run(options).await,
+            Command::Status(options) => status::status(options).await,
+            Command::Top(options) => status::top(options).await,
         }
     });
     match result {

@@ -242,6 +242,12 @@ async fn endpoints_answer_with_keys_scopes_and_named_errors() {
         .expect("per_10s");
     assert_eq!(window["inputs"], serde_json::json!(["calls"]));
     assert_eq!(window["stats"]["events_in"], 12000);
+    let calls_sink = components
+        .iter()
+        .find(|c| c["id"] == "live_calls")
+        .expect("live_calls");
+    assert_eq!(calls_sink["stats"]["events_in"], 12000, "counted once");
+    assert_eq!(calls_sink["stats"]["events_out"], 12000);
     let (_, health) = api.get("/api/v1/health", Some(READ_KEY)).await;
     assert_eq!(health["status"], "unhealthy", "every pipeline has ended");
     let (status, ready) = api.get("/ready", None).await;
@@ -510,4 +516,72 @@ async fn historical_metrics_regroup_the_parquet_history() {
             "{query}: {body}"
         );
     }
+}
+
+fn pipeline_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args(args)
+        .env_remove("PIPELINE_API_KEY")
+        .env_remove("PIPELINE_API_URL")
+        .output()
+        .expect("the pipeline binary runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_top_show_a_running_instance() {
+    let (mut api, ()) = start(|_| async {}).await;
+    api.finished().await;
+    let base = api.base.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        let status = pipeline_cli(&[
+            "status",
+            "--url",
+            &base,
+            "--api-key",
+            READ_KEY,
+            "--interval",
+            "100ms",
+        ]);
+        let top = pipeline_cli(&[
+            "top",
+            "--url",
+            &base,
+            "--api-key",
+            READ_KEY,
+            "--interval",
+            "100ms",
+            "--iterations",
+            "2",
+        ]);
+        let no_key = pipeline_cli(&["status", "--url", &base, "--interval", "10ms"]);
+        (status, top, no_key)
+    })
+    .await
+    .expect("joins");
+    let (status, top, no_key) = output;
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(
+        status.status.code(),
+        Some(1),
+        "not ready once the pipeline ended: {text}"
+    );
+    assert!(text.contains("pipeline main: finished"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("per_10s") && l.contains("window") && l.contains("12000")),
+        "{text}"
+    );
+    let text = String::from_utf8_lossy(&top.stdout);
+    assert_eq!(top.status.code(), Some(0));
+    assert_eq!(
+        text.matches("COMPONENT").count(),
+        2,
+        "two refreshes: {text}"
+    );
+    let text = String::from_utf8_lossy(&no_key.stderr);
+    assert_ne!(no_key.status.code(), Some(0));
+    assert!(text.contains("--api-key"), "{text}");
+
+    let dead = pipeline_cli(&["status", "--url", "http://127.0.0.1:1"]);
+    assert_eq!(dead.status.code(), Some(2));
 }

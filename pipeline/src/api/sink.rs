@@ -66,7 +66,6 @@ pub struct ApiSink {
 #[async_trait]
 impl Sink for ApiSink {
     async fn write(&mut self, batch: RecordBatch) -> ComponentResult {
-        self.metrics.record_in(batch.num_rows());
         match self.rows {
             Rows::Alerts => {
                 for notification in batch_to_notifications(&batch)? {

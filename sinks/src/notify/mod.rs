@@ -222,7 +222,6 @@ impl<T: Transport> Sink for NotifySink<T> {
     async fn write(&mut self, batch: RecordBatch) -> ComponentResult {
         self.start()?;
         let notifications = batch_to_notifications(&batch)?;
-        self.shared.metrics.record_in(notifications.len());
         let items: Vec<(String, String, String)> = notifications
             .iter()
             .filter(|n| self.wanted(n))
