@@ -212,8 +212,11 @@ fn the_demo_runs_and_its_history_answers_sql() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let (api, proxy, admin, webhook) = (free_port(), free_port(), free_port(), free_port());
+    let monitor = free_port();
     let output = pipeline(&[
         "demo",
+        "--monitor-port",
+        &monitor,
         "--webhook-port",
         &webhook,
         "--duration",
@@ -396,25 +399,65 @@ fn the_demo_raises_alerts_and_delivers_them_signed_to_its_receiver() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let (api, proxy, admin, webhook) = (free_port(), free_port(), free_port(), free_port());
-    let output = pipeline(&[
-        "demo",
-        "--duration",
-        "14s",
-        "--api-port",
-        &api,
-        "--proxy-port",
-        &proxy,
-        "--proxy-admin-port",
-        &admin,
-        "--webhook-port",
-        &webhook,
-        "--rate",
-        "40",
-        "--incident",
-        "error_burst@1s+12s:llama-3-70b",
-        "--data",
-        data.to_str().unwrap(),
-    ]);
+    let monitor = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args([
+            "demo",
+            "--duration",
+            "14s",
+            "--api-port",
+            &api,
+            "--proxy-port",
+            &proxy,
+            "--proxy-admin-port",
+            &admin,
+            "--webhook-port",
+            &webhook,
+            "--monitor-port",
+            &monitor,
+            "--rate",
+            "40",
+            "--incident",
+            "error_burst@1s+12s:llama-3-70b",
+            "--data",
+            data.to_str().unwrap(),
+        ])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the demo starts");
+    // While it runs, the monitoring API shows the alert firing, with the predecessor's test key.
+    let client = reqwest::blocking::Client::new();
+    let alerts_url = format!("http://127.0.0.1:{monitor}/api/v1/alerts");
+    let mut seen_in_api = false;
+    for _ in 0..140 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let Ok(response) = client
+            .get(&alerts_url)
+            .bearer_auth("test-api-key-12345")
+            .send()
+        else {
+            continue;
+        };
+        let body: serde_json::Value = response.json().unwrap_or_default();
+        if body["active"].as_array().is_some_and(|active| {
+            active.iter().any(|a| {
+                a["rule"] == "HighErrorRate"
+                    && a["state"] == "firing"
+                    && a["labels"]["model"] == "llama-3-70b"
+            })
+        }) {
+            seen_in_api = true;
+            break;
+        }
+    }
+    let output = child.wait_with_output().expect("the demo ends");
+    assert!(
+        seen_in_api,
+        "the API never showed the alert firing: {}",
+        stderr(&output)
+    );
     assert!(output.status.success(), "{}", stderr(&output));
     let live = String::from_utf8_lossy(&output.stdout);
     // The live view shows the change, and the receiver printed the signed delivery.

@@ -1,8 +1,8 @@
 //! `pipeline demo`: the whole system in one process with no services — a simulated model API,
 //! the intercepting proxy in front of it, real HTTP traffic through the proxy, 10 s and 1 min
 //! windows with percentiles, alert rules whose changes print live and go to a webhook receiver
-//! the demo starts, a live console view, and Parquet history under `--data` for `pipeline
-//! query` afterwards.
+//! the demo starts, a live console view, Parquet history under `--data` for `pipeline query`
+//! afterwards, and the monitoring HTTP API on `--monitor-port` (8001).
 
 pub mod incidents;
 pub mod model_api;
@@ -11,15 +11,19 @@ pub mod traffic;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use engine::runtime::build_from_text;
+use engine::config::SourceText;
 use sources::generator::LatencyDistribution;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::live::LiveState;
+use crate::api::settings::ApiSettings;
+use crate::api::{PipelineInfo, RunState};
+use crate::commands::Checked;
 use incidents::DemoIncident;
 use model_api::ModelApiConfig;
 use traffic::{TrafficConfig, TrafficStats};
@@ -66,6 +70,9 @@ pub struct DemoOptions {
     /// Port of the webhook receiver the demo starts for its alerts (on 127.0.0.1).
     #[arg(long, default_value_t = 9095)]
     pub webhook_port: u16,
+    /// Port of the monitoring HTTP API (on 127.0.0.1; key `test-api-key-12345`).
+    #[arg(long, default_value_t = 8001)]
+    pub monitor_port: u16,
 }
 
 /// Options of `pipeline model-api`: the demo's simulated model API alone, as a sample upstream
@@ -172,7 +179,6 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<ExitCode> {
         webhook_stop.clone(),
     ));
 
-    let registry = crate::components::registry();
     let data = options.data.clone();
     let ports = [
         ("DEMO_API_PORT", options.api_port.to_string()),
@@ -183,21 +189,42 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<ExitCode> {
         ),
         ("DEMO_WEBHOOK_PORT", options.webhook_port.to_string()),
         ("DEMO_WEBHOOK_SECRET", webhook_secret),
+        ("DEMO_MONITOR_PORT", options.monitor_port.to_string()),
     ];
-    let pipeline = build_from_text(
-        "demo.toml",
-        DEMO_PIPELINE,
-        |name| match name {
-            "DEMO_DATA" => Some(data.clone()),
-            _ => ports
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| v.clone())
-                .or_else(|| std::env::var(name).ok()),
-        },
-        &registry,
-    )
+    let source = SourceText::new("demo.toml", DEMO_PIPELINE, |name| match name {
+        "DEMO_DATA" => Some(data.clone()),
+        _ => ports
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var(name).ok()),
+    })
     .map_err(|e| anyhow::anyhow!("the demo pipeline is invalid: {e}"))?;
+    let live = LiveState::new(ApiSettings::default().client_buffer);
+    let Checked { pipelines, api } = crate::commands::check_file(&source, live.clone())
+        .map_err(|e| anyhow::anyhow!("the demo pipeline is invalid: {e}"))?;
+    let pipeline = pipelines
+        .into_iter()
+        .next()
+        .context("the demo file has no pipeline")?;
+    let api_settings = api.context("the demo file has no [api] table")?;
+    live.set_client_buffer(api_settings.client_buffer);
+    let run_state = Arc::new(Mutex::new(RunState::Running));
+    let monitor_state = crate::api::state(
+        api_settings,
+        live,
+        vec![PipelineInfo {
+            name: "demo".into(),
+            topology: pipeline.topology(),
+            metrics: pipeline.metrics(),
+            state: run_state.clone(),
+        }],
+    )?;
+    let monitor_stop = CancellationToken::new();
+    let (monitor_address, monitor) = crate::api::start(monitor_state, monitor_stop.clone())
+        .await
+        .context("the monitoring API (is the port in use? pass --monitor-port)")?;
+    tracing::info!(%monitor_address, "monitoring API: curl -H 'Authorization: Bearer test-api-key-12345' http://{monitor_address}/api/v1/metrics/realtime");
 
     let shutdown = crate::shutdown::on_signal();
     if let Some(duration) = options.duration {
@@ -264,8 +291,16 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<ExitCode> {
             anyhow::bail!("the pipeline did not drain within 30 s after the traffic stopped");
         }
     };
+    *run_state.lock().unwrap_or_else(|e| e.into_inner()) = match &result {
+        Ok(_) => RunState::Finished,
+        Err(error) => RunState::Failed {
+            error: error.to_string(),
+        },
+    };
     api_stop.cancel();
     let _ = api.await;
+    monitor_stop.cancel();
+    let _ = monitor.await;
     webhook_stop.cancel();
     let _ = webhook.await;
     let sent = stats.sent.load(Ordering::Relaxed);
