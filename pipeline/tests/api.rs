@@ -25,7 +25,7 @@ struct Running {
     client: reqwest::Client,
     run: tokio::task::JoinHandle<()>,
     state: Arc<Mutex<RunState>>,
-    _history: tempfile::TempDir,
+    history: tempfile::TempDir,
 }
 
 fn config(history: &str) -> String {
@@ -77,6 +77,7 @@ table = "window_metrics"
 [api]
 listen = "127.0.0.1:0"
 history = "{history}"
+rules_file = "{history}/rules.json"
 cors_origins = ["https://grafana.example"]
 query_max_rows = 5
 heartbeat = "200ms"
@@ -94,7 +95,15 @@ where
     F: FnOnce(String) -> Fut,
     Fut: std::future::Future,
 {
-    let history = tempfile::tempdir().expect("tempdir");
+    start_in(tempfile::tempdir().expect("tempdir"), before_run).await
+}
+
+/// `start` with the history (and saved rules) in `history`.
+async fn start_in<F, Fut>(history: tempfile::TempDir, before_run: F) -> (Running, Fut::Output)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future,
+{
     let text = config(&history.path().display().to_string());
     let source = SourceText::new("api.toml", text, |_| None).expect("interpolates");
     let live = LiveState::new(1024);
@@ -131,7 +140,7 @@ where
         client: reqwest::Client::new(),
         run,
         state,
-        _history: history,
+        history,
     };
     (running, early)
 }
@@ -584,4 +593,163 @@ async fn status_and_top_show_a_running_instance() {
 
     let dead = pipeline_cli(&["status", "--url", "http://127.0.0.1:1"]);
     assert_eq!(dead.status.code(), Some(2));
+}
+
+async fn send(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    key: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = client.request(method, url).bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("answers");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_rules_change_through_the_api_apply_to_the_run_and_persist() {
+    use reqwest::Method;
+    let (mut api, ()) = start(|base| async move {
+        let client = reqwest::Client::new();
+        let rules = format!("{base}/api/v1/alerts/rules");
+        // Reading needs read; changing needs admin.
+        let (status, listed) = send(&client, Method::GET, rules.clone(), READ_KEY, None).await;
+        assert_eq!(status, 200);
+        assert_eq!(listed["operators"][0]["operator"], "operators.alerts");
+        assert_eq!(listed["operators"][0]["rules"][0]["name"], "Traffic");
+        let busy = serde_json::json!({
+            "name": "Busy", "condition": "count >= 1", "severity": "critical",
+            "labels": { "team": "inference" }
+        });
+        let (status, _) = send(
+            &client,
+            Method::POST,
+            rules.clone(),
+            READ_KEY,
+            Some(busy.clone()),
+        )
+        .await;
+        assert_eq!(status, 403);
+        // A rule that does not compile is refused with the reason.
+        let typo = serde_json::json!({ "name": "Typo", "condition": "p99_latency > 1" });
+        let (status, body) =
+            send(&client, Method::POST, rules.clone(), ADMIN_KEY, Some(typo)).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_rule")),
+            "{body}"
+        );
+        assert!(
+            message(&body).starts_with("rule `Typo`: `condition`:"),
+            "{body}"
+        );
+        let unknown = serde_json::json!({ "name": "X", "condition": "count > 1", "sevrity": "x" });
+        let (status, body) = send(
+            &client,
+            Method::POST,
+            rules.clone(),
+            ADMIN_KEY,
+            Some(unknown),
+        )
+        .await;
+        assert_eq!(status, 400);
+        assert!(
+            message(&body).starts_with("`body`:") && message(&body).contains("sevrity"),
+            "{body}"
+        );
+        // Replace the traffic rule with Busy; the predecessor's configure adds two thresholds.
+        let (status, _) = send(
+            &client,
+            Method::POST,
+            rules.clone(),
+            ADMIN_KEY,
+            Some(busy.clone()),
+        )
+        .await;
+        assert_eq!(status, 201);
+        let (status, _) = send(&client, Method::POST, rules.clone(), ADMIN_KEY, Some(busy)).await;
+        assert_eq!(status, 409);
+        let (status, _) = send(
+            &client,
+            Method::DELETE,
+            format!("{rules}/Traffic"),
+            ADMIN_KEY,
+            None,
+        )
+        .await;
+        assert_eq!(status, 204);
+        let (status, _) = send(
+            &client,
+            Method::DELETE,
+            format!("{rules}/Traffic"),
+            ADMIN_KEY,
+            None,
+        )
+        .await;
+        assert_eq!(status, 404);
+        let configure = serde_json::json!({
+            "metrics": ["response_time", "error_rate"],
+            "thresholds": { "response_time_ms": 1, "error_rate_percent": 50.0 },
+            "alert_channels": ["webhook"]
+        });
+        let (status, body) = send(
+            &client,
+            Method::POST,
+            format!("{base}/api/v1/alerts/configure"),
+            ADMIN_KEY,
+            Some(configure),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let renamed = serde_json::json!({ "name": "Other", "condition": "count > 1" });
+        let (status, body) = send(
+            &client,
+            Method::PUT,
+            format!("{rules}/Busy"),
+            ADMIN_KEY,
+            Some(renamed),
+        )
+        .await;
+        assert_eq!(status, 400);
+        assert!(message(&body).starts_with("`name`"), "{body}");
+    })
+    .await;
+    api.finished().await;
+    let (_, alerts) = api.get("/api/v1/alerts", Some(READ_KEY)).await;
+    let mut rules: Vec<&str> = alerts["active"]
+        .as_array()
+        .expect("active")
+        .iter()
+        .map(|a| a["rule"].as_str().unwrap())
+        .collect();
+    rules.sort();
+    rules.dedup();
+    assert_eq!(rules, vec!["Busy", "ResponseTimeThreshold"], "{alerts}");
+    assert!(alerts["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["rule"] != "Traffic"));
+
+    // A restart with the same rules file runs the changed rules, not the file's.
+    let history = std::mem::replace(&mut api.history, tempfile::tempdir().expect("tempdir"));
+    let (mut again, ()) = start_in(history, |_| async {}).await;
+    let (_, listed) = again.get("/api/v1/alerts/rules", Some(READ_KEY)).await;
+    let names: Vec<&str> = listed["operators"][0]["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["Busy", "ResponseTimeThreshold", "ErrorRateThreshold"]
+    );
+    again.finished().await;
 }

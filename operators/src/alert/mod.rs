@@ -3,11 +3,13 @@
 //! pending → firing → resolved) in event time, and emits one `alert` row (see
 //! `engine::schema::alert`) per state change. Alerts per operator are bounded by `max_keys`.
 
+pub mod control;
 pub mod rule;
 pub mod state;
 pub mod template;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::cast;
@@ -17,7 +19,7 @@ use engine::component::{Collector, ComponentError, ComponentResult, Operator};
 use engine::config::ConfigError;
 use engine::message::Watermark;
 use engine::registry::{BuildContext, BuiltOperator, OutputPort};
-use engine::schema::alert::{alert_schema, notifications_to_batch, AlertNotification};
+use engine::schema::alert::{alert_schema, notifications_to_batch, AlertNotification, AlertState};
 use hashbrown::HashMap;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -66,6 +68,11 @@ impl KeyAlerts {
 
 pub struct AlertOperator {
     rules: Vec<Rule>,
+    /// The rules as written, in the order of `rules`.
+    configs: Vec<RuleConfig>,
+    input: SchemaRef,
+    /// Where changed rules come from, and the version applied.
+    control: Option<(Arc<control::RuleHandle>, u64)>,
     key_columns: Vec<usize>,
     key_names: Vec<String>,
     time_column: usize,
@@ -75,16 +82,23 @@ pub struct AlertOperator {
 }
 
 pub fn build(ctx: &BuildContext<'_, '_>) -> Result<BuiltOperator, ConfigError> {
+    let (operator, outputs) = build_operator(ctx)?;
+    Ok(BuiltOperator {
+        operator: Box::new(operator),
+        outputs,
+    })
+}
+
+fn build_operator(
+    ctx: &BuildContext<'_, '_>,
+) -> Result<(AlertOperator, Vec<OutputPort>), ConfigError> {
     let config: AlertConfig = ctx.spec.settings()?;
     let input = ctx.input_schema()?;
     let operator = AlertOperator::new(&config, &input).map_err(|(path, message)| {
         let parts: Vec<&str> = path.iter().map(String::as_str).collect();
         ctx.spec.error_at_path(&parts, message)
     })?;
-    Ok(BuiltOperator {
-        operator: Box::new(operator),
-        outputs: vec![OutputPort::default_port(alert_schema())],
-    })
+    Ok((operator, vec![OutputPort::default_port(alert_schema())]))
 }
 
 /// The first 16 bytes of SHA-256 over `parts`, as hex.
@@ -135,6 +149,9 @@ impl AlertOperator {
         }
         Ok(Self {
             rules,
+            configs: config.rules.clone(),
+            input: input.clone(),
+            control: None,
             key_columns,
             key_names,
             time_column,
@@ -251,6 +268,72 @@ impl AlertOperator {
         Ok(notifications)
     }
 
+    /// Applies a rule set changed through the control handle since the last call.
+    fn sync_rules(&mut self) -> ComponentResult<Vec<AlertNotification>> {
+        let Some((handle, applied)) = &self.control else {
+            return Ok(Vec::new());
+        };
+        let version = handle.version();
+        if version == *applied {
+            return Ok(Vec::new());
+        }
+        let configs = handle.rules();
+        self.control = Some((handle.clone(), version));
+        self.reconfigure(configs)
+    }
+
+    /// Switches to `configs`: trackers of unchanged rules carry over; active alerts of
+    /// removed or changed rules are resolved (at the key's latest event time).
+    pub fn reconfigure(
+        &mut self,
+        configs: Vec<RuleConfig>,
+    ) -> ComponentResult<Vec<AlertNotification>> {
+        let rules = configs
+            .iter()
+            .map(|config| {
+                Rule::compile(config, &self.input, &self.key_names).map_err(|(setting, message)| {
+                    ComponentError::other(format!("rule `{}`: `{setting}`: {message}", config.name))
+                })
+            })
+            .collect::<ComponentResult<Vec<Rule>>>()?;
+        let carried: Vec<Option<usize>> = configs
+            .iter()
+            .map(|new| self.configs.iter().position(|old| old == new))
+            .collect();
+        let mut notifications = Vec::new();
+        for entry in self.keys.values_mut() {
+            let mut old = std::mem::take(&mut entry.trackers);
+            for (i, tracker) in old.iter().enumerate() {
+                if tracker.is_active() && !carried.contains(&Some(i)) {
+                    let change = Change {
+                        state: AlertState::Resolved,
+                        active_at: tracker.active_at,
+                        fired_at: tracker.fired_at,
+                        resolved_at: Some(entry.last_seen),
+                        value: tracker.value,
+                    };
+                    notifications.push(notification(
+                        &self.rules[i],
+                        &entry.labels,
+                        change,
+                        entry.last_seen,
+                        None,
+                    ));
+                }
+            }
+            entry.trackers = carried
+                .iter()
+                .map(|from| {
+                    from.map(|i| std::mem::take(&mut old[i]))
+                        .unwrap_or_default()
+                })
+                .collect();
+        }
+        self.rules = rules;
+        self.configs = configs;
+        Ok(notifications)
+    }
+
     /// Evaluates absence rules as event time reaches `watermark`.
     pub fn evaluate_absence(&mut self, watermark: i64) -> Vec<AlertNotification> {
         let mut notifications = Vec::new();
@@ -343,7 +426,8 @@ impl Operator for AlertOperator {
         batch: &RecordBatch,
         out: &mut Collector,
     ) -> ComponentResult {
-        let notifications = self.evaluate(batch)?;
+        let mut notifications = self.sync_rules()?;
+        notifications.extend(self.evaluate(batch)?);
         if !notifications.is_empty() {
             out.emit(notifications_to_batch(&notifications));
         }
@@ -352,6 +436,10 @@ impl Operator for AlertOperator {
 
     fn on_watermark(&mut self, watermark: Watermark, out: &mut Collector) -> ComponentResult {
         // The end of the input is not a silence: absence is not judged at shutdown.
+        let changed = self.sync_rules()?;
+        if !changed.is_empty() {
+            out.emit(notifications_to_batch(&changed));
+        }
         if watermark != Watermark::END {
             let notifications = self.evaluate_absence(watermark.0);
             if !notifications.is_empty() {

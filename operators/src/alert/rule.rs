@@ -9,22 +9,26 @@ use std::sync::OnceLock;
 use arrow::datatypes::{DataType, SchemaRef};
 use engine::time::ConfigDuration;
 use regex::Regex;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::state::Timing;
 use super::template::Template;
 use crate::filter::{compile, Filter};
 
-#[derive(Debug, Deserialize)]
+/// A rule as written: in pipelines.toml, or as JSON through the API.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     /// The alert's name (`alertname`).
     pub name: String,
     /// A SQL condition over the row's fields; `anomaly.<name>` is detector `<name>`'s flag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condition: Option<String>,
     /// Shorthand for `condition = "anomaly.<name>"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anomaly: Option<String>,
     /// Fires for a key that has had no row for this long (in event time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub absent_for: Option<ConfigDuration>,
     /// How long the condition must hold before the alert fires.
     #[serde(rename = "for", default)]
@@ -40,6 +44,7 @@ pub struct RuleConfig {
     pub annotations: BTreeMap<String, String>,
     /// The field reported as the alert's value; default: the first numeric field the
     /// condition names (for anomaly rules, the scored field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
 }
 

@@ -354,3 +354,65 @@ fn config_errors_name_the_setting() {
         assert!(message.contains(needle), "{settings}: {message}");
     }
 }
+
+#[test]
+fn changed_rules_keep_unchanged_alerts_and_resolve_removed_ones() {
+    let mut op = operator(
+        r#"
+key = ["model", "endpoint"]
+[[rules]]
+name = "HighP99Latency"
+condition = "p99_latency_ms > 1000"
+[[rules]]
+name = "SlowP95"
+condition = "p95_latency_ms > 500"
+"#,
+    );
+    let out = op
+        .evaluate(&batch(&[row(0, "gpt-4o", 1500.0)]))
+        .expect("evaluates");
+    let fired: Vec<_> = out.iter().map(|n| (n.rule.as_str(), n.state)).collect();
+    assert_eq!(
+        fired,
+        vec![
+            ("HighP99Latency", AlertState::Firing),
+            ("SlowP95", AlertState::Firing)
+        ]
+    );
+    // Keep the first rule as it is, drop the second, add a third.
+    let kept = op.configs[0].clone();
+    let added: RuleConfig =
+        toml::from_str("name = \"Errors\"\ncondition = \"error_rate > 0.5\"").expect("rule");
+    let changed = op.reconfigure(vec![kept, added]).expect("valid");
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert_eq!(
+        (changed[0].rule.as_str(), changed[0].state),
+        ("SlowP95", AlertState::Resolved)
+    );
+    assert_eq!(changed[0].alert_id, out[1].alert_id);
+    // The kept alert is still firing: no new notification while it holds, one when it ends.
+    let next = op
+        .evaluate(&batch(&[row(1, "gpt-4o", 1400.0), row(2, "gpt-4o", 100.0)]))
+        .expect("evaluates");
+    let states: Vec<_> = next.iter().map(|n| (n.rule.as_str(), n.state)).collect();
+    assert_eq!(states, vec![("HighP99Latency", AlertState::Resolved)]);
+}
+
+#[test]
+fn a_rule_handle_refuses_a_rule_that_does_not_compile() {
+    let handle = control::RuleHandle::new(
+        "operators.alerts".into(),
+        schema(),
+        vec!["model".into(), "endpoint".into()],
+        Vec::new(),
+    );
+    let bad: RuleConfig =
+        toml::from_str("name = \"Typo\"\ncondition = \"p99_latency > 1000\"").expect("rule");
+    let error = handle.replace(vec![bad]).expect_err("refused");
+    assert!(error.starts_with("rule `Typo`: `condition`:"), "{error}");
+    assert_eq!(handle.version(), 0, "nothing applied");
+    let good: RuleConfig =
+        toml::from_str("name = \"Slow\"\ncondition = \"p99_latency_ms > 1000\"").expect("rule");
+    handle.replace(vec![good.clone()]).expect("accepted");
+    assert_eq!((handle.version(), handle.rules()), (1, vec![good]));
+}

@@ -1,4 +1,5 @@
-//! The server's live state, fed by `api` sinks in the same process: the latest window result
+//! What the server shares with the pipelines of its process: the alert operators' rules, and
+//! the live state fed by `api` sinks: the latest window result
 //! per (window, key), the active alerts and the recent alert changes, the monitored APIs'
 //! Prometheus metrics; and the broadcast every WebSocket client subscribes to.
 
@@ -21,6 +22,8 @@ pub struct Update {
 }
 
 pub struct LiveState {
+    /// The running alert operators' rules, which the API can change.
+    pub alert_rules: Arc<operators::alert::control::AlertControl>,
     /// The monitored APIs' histograms and counters for `/metrics`.
     pub calls: super::call_metrics::CallMetrics,
     windows: RwLock<BTreeMap<(String, String), Map<String, Value>>>,
@@ -38,6 +41,7 @@ impl LiveState {
     pub fn new(client_buffer: usize) -> Arc<Self> {
         let (updates, _) = broadcast::channel(client_buffer.max(16));
         Arc::new(Self {
+            alert_rules: operators::alert::control::AlertControl::new(),
             calls: Default::default(),
             windows: RwLock::new(BTreeMap::new()),
             active_alerts: RwLock::new(BTreeMap::new()),

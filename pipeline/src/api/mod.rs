@@ -10,6 +10,7 @@ pub mod historical;
 pub mod live;
 pub mod prometheus;
 pub mod routes;
+pub mod rules;
 pub mod settings;
 pub mod sink;
 pub mod sql;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{middleware, Router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -98,6 +99,7 @@ pub fn router(state: Arc<AppState>) -> Result<Router, String> {
         .route("/api/v1/metrics/historical", get(historical::historical))
         .route("/v1/metrics/summary", get(routes::summary))
         .route("/api/v1/alerts", get(routes::alerts))
+        .route("/api/v1/alerts/rules", get(rules::list))
         .route("/api/v1/pipelines", get(routes::pipelines))
         .route("/metrics", get(prometheus::metrics))
         .route("/ws/metrics", get(ws::upgrade))
@@ -107,6 +109,12 @@ pub fn router(state: Arc<AppState>) -> Result<Router, String> {
         ));
     let admin = Router::new()
         .route("/api/v1/query", post(sql::query))
+        .route("/api/v1/alerts/rules", post(rules::create))
+        .route(
+            "/api/v1/alerts/rules/{name}",
+            put(rules::replace).delete(rules::delete),
+        )
+        .route("/api/v1/alerts/configure", post(rules::configure))
         .route_layer(middleware::from_fn_with_state(
             guard(Scope::Admin),
             auth::require,
@@ -156,11 +164,13 @@ pub fn state(
     pipelines: Vec<PipelineInfo>,
 ) -> anyhow::Result<Arc<AppState>> {
     let keys = KeyStore::new(&settings.keys).map_err(anyhow::Error::msg)?;
-    Ok(Arc::new(AppState {
+    let state = Arc::new(AppState {
         live,
         keys: Arc::new(keys),
         settings,
         pipelines,
         started: std::time::Instant::now(),
-    }))
+    });
+    rules::restore(&state);
+    Ok(state)
 }

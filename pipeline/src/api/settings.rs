@@ -55,6 +55,9 @@ pub struct ApiSettings {
     /// Rows a query may return.
     #[serde(default = "default_query_max_rows")]
     pub query_max_rows: usize,
+    /// Where alert rule changes made through the API are saved (and restored from at start).
+    #[serde(default = "default_rules_file")]
+    pub rules_file: std::path::PathBuf,
     /// How often the WebSocket feed sends a heartbeat.
     #[serde(default = "default_heartbeat")]
     pub heartbeat: ConfigDuration,
@@ -68,6 +71,9 @@ fn default_listen() -> String {
 }
 fn default_history() -> String {
     "./data".to_string()
+}
+fn default_rules_file() -> std::path::PathBuf {
+    std::path::PathBuf::from("./data/alert-rules.json")
 }
 fn default_query_timeout() -> ConfigDuration {
     ConfigDuration::from_secs(30)
@@ -92,6 +98,7 @@ impl Default for ApiSettings {
             keys: Vec::new(),
             cors_origins: Vec::new(),
             history: default_history(),
+            rules_file: default_rules_file(),
             query_timeout: default_query_timeout(),
             query_memory_mib: default_query_memory_mib(),
             query_max_rows: default_query_max_rows(),
