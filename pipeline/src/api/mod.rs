@@ -8,6 +8,7 @@ pub mod call_metrics;
 pub mod error;
 pub mod historical;
 pub mod live;
+pub mod openapi;
 pub mod prometheus;
 pub mod routes;
 pub mod rules;
@@ -122,6 +123,8 @@ pub fn router(state: Arc<AppState>) -> Result<Router, String> {
     let mut app = Router::new()
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))
+        .route("/openapi.json", get(openapi::document))
+        .route("/docs", get(openapi::docs))
         .merge(read)
         .merge(admin)
         .fallback(not_found)
