@@ -795,6 +795,7 @@ async fn openapi_documents_every_route_and_docs_are_served() {
     // And every route is documented.
     let routed = [
         "DELETE /api/v1/alerts/rules/{name}",
+        "GET /",
         "GET /api/v1/alerts",
         "GET /api/v1/alerts/rules",
         "GET /api/v1/health",

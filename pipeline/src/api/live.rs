@@ -12,6 +12,8 @@ use tokio::sync::broadcast;
 
 /// Alert changes kept for `GET /api/v1/alerts`.
 pub const RECENT_ALERTS: usize = 200;
+/// Window results kept per key, for a new WebSocket client's charts.
+pub const SERIES_LENGTH: usize = 120;
 
 /// One update for WebSocket clients, serialised once for all of them.
 #[derive(Debug, Clone)]
@@ -21,12 +23,16 @@ pub struct Update {
     pub json: Arc<str>,
 }
 
+/// One key's recent window results, oldest first.
+type Series = VecDeque<Map<String, Value>>;
+
 pub struct LiveState {
     /// The running alert operators' rules, which the API can change.
     pub alert_rules: Arc<operators::alert::control::AlertControl>,
     /// The monitored APIs' histograms and counters for `/metrics`.
     pub calls: super::call_metrics::CallMetrics,
-    windows: RwLock<BTreeMap<(String, String), Map<String, Value>>>,
+    /// Per (window, key), the recent results by `window_start`, newest last.
+    windows: RwLock<BTreeMap<(String, String), Series>>,
     active_alerts: RwLock<BTreeMap<String, Value>>,
     recent_alerts: RwLock<VecDeque<Value>>,
     updates: RwLock<broadcast::Sender<Update>>,
@@ -83,11 +89,22 @@ impl LiveState {
         };
         {
             let mut windows = self.windows.write().unwrap_or_else(|e| e.into_inner());
-            let slot = windows.entry((window, key)).or_default();
-            // RFC 3339 text of one fixed width sorts like the time it names.
-            let newer = text_field(slot, "window_start").is_none_or(|held| start >= held);
-            if newer {
-                *slot = row;
+            let series = windows.entry((window, key)).or_default();
+            // RFC 3339 text of one fixed width sorts like the time it names; a later revision
+            // of a window replaces it in place.
+            let position = series.partition_point(|held| {
+                text_field(held, "window_start").is_some_and(|held| held < start)
+            });
+            let same = series
+                .get(position)
+                .is_some_and(|held| text_field(held, "window_start").as_deref() == Some(&start));
+            if same {
+                series[position] = row;
+            } else {
+                series.insert(position, row);
+                if series.len() > SERIES_LENGTH {
+                    series.pop_front();
+                }
             }
         }
         self.publish(update);
@@ -133,8 +150,19 @@ impl LiveState {
         let windows = self.windows.read().unwrap_or_else(|e| e.into_inner());
         windows
             .values()
+            .filter_map(|series| series.back())
             .filter(|row| keep(row))
             .map(|row| Value::Object(row.clone()))
+            .collect()
+    }
+
+    /// The recent results (up to [`SERIES_LENGTH`] per key) of every key that passes `keep`.
+    pub fn recent(&self, keep: impl Fn(&Map<String, Value>) -> bool) -> Vec<Value> {
+        let windows = self.windows.read().unwrap_or_else(|e| e.into_inner());
+        windows
+            .values()
+            .filter(|series| series.back().is_some_and(&keep))
+            .flat_map(|series| series.iter().map(|row| Value::Object(row.clone())))
             .collect()
     }
 
@@ -161,6 +189,31 @@ mod tests {
             unreachable!("an object literal")
         };
         map
+    }
+
+    #[test]
+    fn series_keep_recent_windows_in_order_with_revisions_in_place() {
+        let live = LiveState::new(16);
+        for minute in [2, 0, 1] {
+            let start = format!("2026-01-01T00:0{minute}:00.000000Z");
+            live.record_window("a".into(), row("1m", &start, "a", minute));
+        }
+        live.record_window("a".into(), row("1m", "2026-01-01T00:01:00.000000Z", "a", 7));
+        let counts: Vec<_> = live
+            .recent(|_| true)
+            .iter()
+            .map(|r| r["count"].clone())
+            .collect();
+        assert_eq!(counts, vec![json!(0), json!(7), json!(2)]);
+        for minute in 0..(SERIES_LENGTH as u64 + 10) {
+            let start = format!(
+                "2026-01-02T{:02}:{:02}:00.000000Z",
+                minute / 60,
+                minute % 60
+            );
+            live.record_window("a".into(), row("1m", &start, "a", minute));
+        }
+        assert_eq!(live.recent(|_| true).len(), SERIES_LENGTH);
     }
 
     #[test]

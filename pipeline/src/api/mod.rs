@@ -125,6 +125,7 @@ pub fn router(state: Arc<AppState>) -> Result<Router, String> {
         .route("/ready", get(routes::ready))
         .route("/openapi.json", get(openapi::document))
         .route("/docs", get(openapi::docs))
+        .route("/", get(openapi::dashboard))
         .merge(read)
         .merge(admin)
         .fallback(not_found)
