@@ -105,8 +105,22 @@ where
     Fut: std::future::Future,
 {
     let text = config(&history.path().display().to_string());
+    start_with(text, 1024, history, before_run).await
+}
+
+/// Serves the pipeline of `text`, with WebSocket clients allowed `client_buffer` updates behind.
+async fn start_with<F, Fut>(
+    text: String,
+    client_buffer: usize,
+    history: tempfile::TempDir,
+    before_run: F,
+) -> (Running, Fut::Output)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future,
+{
     let source = SourceText::new("api.toml", text, |_| None).expect("interpolates");
-    let live = LiveState::new(1024);
+    let live = LiveState::new(client_buffer);
     let Checked { pipelines, api } = match check_file(&source, live.clone()) {
         Ok(checked) => checked,
         Err(errors) => panic!("config: {errors}"),
@@ -824,4 +838,112 @@ async fn openapi_documents_every_route_and_docs_are_served() {
         .expect("answers");
     assert_eq!(docs.status().as_u16(), 200);
     assert!(docs.text().await.unwrap().contains("openapi.json"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_is_skipped_ahead_and_stalls_nobody() {
+    // 100 keys x 1 s windows over 5 minutes of event time: about 30,000 updates, far more than
+    // a client that never reads can hold in its socket buffers.
+    let models: Vec<String> = (0..50).map(|i| format!("\"model-{i}\"")).collect();
+    let text = format!(
+        r#"
+[sources.calls]
+type = "generator"
+clock = "simulated"
+start_time = "2026-05-01T10:00:00Z"
+rate = 1000.0
+count = 300000
+models = [{}]
+seed = 3
+
+[operators.per_second]
+type = "window"
+inputs = ["calls"]
+size = "1s"
+key = ["model", "endpoint"]
+
+[sinks.live]
+type = "api"
+inputs = ["per_second"]
+
+[api]
+listen = "127.0.0.1:0"
+"#,
+        models.join(", ")
+    );
+    let history = tempfile::tempdir().expect("tempdir");
+    let (mut api, (stalled, reader)) = start_with(text, 64, history, |base| async move {
+        let ws = base.replacen("http", "ws", 1);
+        let (stalled, _) = tokio_tungstenite::connect_async(format!("{ws}/ws/metrics"))
+            .await
+            .expect("connects");
+        let (mut reader, _) = tokio_tungstenite::connect_async(format!("{ws}/ws/metrics"))
+            .await
+            .expect("connects");
+        // The reader counts every update while the run goes on.
+        let counted = tokio::spawn(async move {
+            let mut updates = 0u64;
+            let mut lagged = 0u64;
+            while let Ok(Some(Ok(Message::Text(text)))) =
+                tokio::time::timeout(Duration::from_secs(5), reader.next()).await
+            {
+                let value: Value = serde_json::from_str(&text).expect("JSON");
+                match value["type"].as_str() {
+                    Some("window_result") => updates += 1,
+                    Some("lagged") => lagged += value["skipped"].as_u64().unwrap_or(0),
+                    _ => {}
+                }
+            }
+            (updates, lagged)
+        });
+        (stalled, counted)
+    })
+    .await;
+    // The pipeline finishes although one client reads nothing.
+    tokio::time::timeout(Duration::from_secs(60), api.finished())
+        .await
+        .expect("the run is not held up by a stalled client");
+    let (updates, lagged) = reader.await.expect("reader");
+    let (_, pipelines) = api.get("/api/v1/pipelines", None).await;
+    let results = pipelines["pipelines"][0]["components"]
+        .as_array()
+        .expect("components")
+        .iter()
+        .find(|c| c["id"] == "live")
+        .and_then(|c| c["stats"]["events_in"].as_u64())
+        .expect("the api sink's count");
+    assert!(results > 25_000, "{results}");
+    // Every update was either delivered or counted as skipped: nothing vanished silently.
+    assert_eq!(
+        updates + lagged,
+        results,
+        "{updates} updates, {lagged} skipped"
+    );
+    // The stalled client was skipped ahead (told so when it reads again) or, stuck for more
+    // than 10 s, disconnected: either way it did not get everything.
+    let mut stalled = stalled;
+    let (mut received, mut skipped, mut closed) = (0u64, 0u64, false);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), stalled.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                let value: Value = serde_json::from_str(&text).expect("JSON");
+                match value["type"].as_str() {
+                    Some("window_result") => received += 1,
+                    Some("lagged") => skipped += value["skipped"].as_u64().unwrap_or(0),
+                    _ => {}
+                }
+            }
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => {
+                closed = true;
+                break;
+            }
+            Ok(Some(Ok(_))) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(received < results, "{received} of {results}");
+    assert!(
+        skipped > 0 || closed,
+        "the stalled client was neither skipped ahead nor dropped"
+    );
 }
