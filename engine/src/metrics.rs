@@ -149,6 +149,17 @@ type Registered = (ComponentKind, String, Arc<ComponentMetrics>);
 #[derive(Debug, Default)]
 pub struct MetricsRegistry {
     components: Mutex<IndexMap<String, Registered>>,
+    /// The pipeline's checkpoints, as they happen.
+    pub checkpoints: CheckpointMetrics,
+}
+
+/// Live checkpoint counters of one pipeline.
+#[derive(Debug, Default)]
+pub struct CheckpointMetrics {
+    pub started: AtomicU64,
+    pub completed: AtomicU64,
+    /// From barrier injection to the last sink's acknowledgement, of the newest checkpoint.
+    pub last_duration_micros: AtomicU64,
 }
 
 impl MetricsRegistry {

@@ -431,6 +431,8 @@ async fn cors_and_prometheus_metrics() {
         "{text}"
     );
     assert!(text.contains("pipeline_running{pipeline=\"main\"} 0"));
+    assert!(text.contains("# TYPE pipeline_checkpoint_duration_seconds gauge"));
+    assert!(text.contains("pipeline_checkpoints_completed_total{pipeline=\"main\"}"));
     // The monitored APIs: one histogram count per call, TTFT for streamed calls, tokens.
     let calls: f64 = text
         .lines()

@@ -4,12 +4,15 @@
 //! One checkpoint is in flight at a time.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::message::Barrier;
+use crate::metrics::MetricsRegistry;
 use crate::time::now_micros;
 
 /// Counters of the coordinator, reported when the run ends.
@@ -89,7 +92,12 @@ impl Coordinator {
         )
     }
 
-    pub(crate) async fn run(mut self, stop: CancellationToken) -> CheckpointStats {
+    /// Runs until `stop`; `live` mirrors the stats as they change.
+    pub(crate) async fn run(
+        mut self,
+        stop: CancellationToken,
+        live: Arc<MetricsRegistry>,
+    ) -> CheckpointStats {
         let mut stats = CheckpointStats::default();
         let mut next_id = 1u64;
         let mut in_flight: Option<InFlight> = None;
@@ -117,6 +125,11 @@ impl Coordinator {
                             let duration = flight.started.elapsed();
                             stats.completed += 1;
                             stats.last_duration = Some(duration);
+                            live.checkpoints.completed.fetch_add(1, Ordering::Relaxed);
+                            live.checkpoints.last_duration_micros.store(
+                                duration.as_micros().min(u64::MAX as u128) as u64,
+                                Ordering::Relaxed,
+                            );
                             tracing::debug!(checkpoint = id, ?duration, "checkpoint complete");
                             let _ = self.completed.send(id);
                             in_flight = None;
@@ -139,8 +152,10 @@ impl Coordinator {
                 let _ = source.try_send(barrier);
             }
             stats.started += 1;
+            live.checkpoints.started.fetch_add(1, Ordering::Relaxed);
             if self.sink_count == 0 {
                 stats.completed += 1;
+                live.checkpoints.completed.fetch_add(1, Ordering::Relaxed);
                 let _ = self.completed.send(barrier.checkpoint_id);
                 continue;
             }
@@ -173,7 +188,8 @@ mod tests {
             Duration::ZERO,
         );
         let stop = CancellationToken::new();
-        let task = tokio::spawn(coordinator.run(stop.clone()));
+        let live = MetricsRegistry::new();
+        let task = tokio::spawn(coordinator.run(stop.clone(), live.clone()));
         trigger_tx.send(()).await.unwrap();
         let first = barriers.recv().await.unwrap();
         assert_eq!(first.checkpoint_id, 1);
@@ -191,5 +207,6 @@ mod tests {
         stop.cancel();
         let stats = task.await.unwrap();
         assert_eq!((stats.started, stats.completed), (2, 2));
+        assert_eq!(live.checkpoints.completed.load(Ordering::Relaxed), 2);
     }
 }

@@ -378,7 +378,8 @@ impl BuiltPipeline {
             settings.checkpoint_interval.0,
         );
         let coordinator_stop = CancellationToken::new();
-        let coordinator_task = tokio::spawn(coordinator.run(coordinator_stop.clone()));
+        let coordinator_task =
+            tokio::spawn(coordinator.run(coordinator_stop.clone(), self.metrics.clone()));
         let metrics = self.metrics.clone();
         let name = self.name.clone();
         let run = async move {

@@ -1,9 +1,10 @@
 //! `GET /metrics`: the pipeline's own metrics in the Prometheus text format (version 0.0.4):
-//! per component rows received / sent, errors, drops, late rows, queue depth, watermark lag,
-//! checkpoints, and each component's own counters (retries, rejected, ...); then the monitored
+//! per pipeline checkpoints started / completed and the last one's duration; per component rows
+//! received / sent, errors, drops, late rows, queue depth, watermark lag, checkpoints, and each component's own counters (retries, rejected, ...); then the monitored
 //! APIs' metrics (see [`super::call_metrics`]).
 
 use std::fmt::Write;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -101,12 +102,37 @@ pub fn render(state: &AppState) -> String {
         "gauge",
         "1 while the pipeline runs, 0 once it ended or failed.",
     );
+    let mut checkpoints_started = Family::new(
+        "pipeline_checkpoints_started_total",
+        "counter",
+        "Checkpoints the pipeline began.",
+    );
+    let mut checkpoints_completed = Family::new(
+        "pipeline_checkpoints_completed_total",
+        "counter",
+        "Checkpoints every sink acknowledged.",
+    );
+    let mut checkpoint_duration = Family::new(
+        "pipeline_checkpoint_duration_seconds",
+        "gauge",
+        "From barrier injection to the last acknowledgement, of the newest checkpoint.",
+    );
     let now_micros = chrono::Utc::now().timestamp_micros();
     for pipeline in &state.pipelines {
         let running = pipeline.run_state() == super::state::RunState::Running;
-        up.samples.push((
-            format!("pipeline=\"{}\"", escape(&pipeline.name)),
-            f64::from(u8::from(running)),
+        let label = format!("pipeline=\"{}\"", escape(&pipeline.name));
+        up.samples
+            .push((label.clone(), f64::from(u8::from(running))));
+        let live = &pipeline.metrics.checkpoints;
+        checkpoints_started
+            .samples
+            .push((label.clone(), live.started.load(Ordering::Relaxed) as f64));
+        checkpoints_completed
+            .samples
+            .push((label.clone(), live.completed.load(Ordering::Relaxed) as f64));
+        checkpoint_duration.samples.push((
+            label,
+            live.last_duration_micros.load(Ordering::Relaxed) as f64 / 1e6,
         ));
         for report in pipeline.metrics.report() {
             let labels = format!(
@@ -141,6 +167,9 @@ pub fn render(state: &AppState) -> String {
     let mut out = String::new();
     for family in [
         &up,
+        &checkpoints_started,
+        &checkpoints_completed,
+        &checkpoint_duration,
         &received,
         &sent,
         &errors,
