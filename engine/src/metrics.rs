@@ -4,7 +4,7 @@
 //! also register its own named counters and gauges (a broker source's deliveries, acks and
 //! reconnects, say), reported beside the common ones.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use indexmap::IndexMap;
@@ -44,6 +44,8 @@ pub struct ComponentMetrics {
     /// The component's current watermark (µs), or `i64::MIN` before the first one.
     pub watermark: AtomicI64,
     pub checkpoints_acked: AtomicU64,
+    /// Its connection to an outside system: 0 none or not yet known, 1 up, 2 down.
+    connection: AtomicU8,
     /// Counters and gauges specific to the component type, in registration order.
     named: Mutex<Vec<(&'static str, Arc<AtomicU64>)>>,
 }
@@ -93,6 +95,22 @@ impl ComponentMetrics {
         self.dropped.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Records whether the component's connection to its outside system works (a broker, a
+    /// database, a receiver): set on each success and failure that shows it.
+    pub fn set_connected(&self, up: bool) {
+        self.connection
+            .store(if up { 1 } else { 2 }, Ordering::Relaxed);
+    }
+
+    /// `None` for a component without an outside connection (or before its first attempt).
+    pub fn connected(&self) -> Option<bool> {
+        match self.connection.load(Ordering::Relaxed) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        }
+    }
+
     pub fn add_late(&self, n: u64) {
         self.late.fetch_add(n, Ordering::Relaxed);
     }
@@ -110,6 +128,7 @@ impl ComponentMetrics {
             queue_depth: self.queue_depth.load(Ordering::Relaxed).max(0) as u64,
             watermark_micros: (watermark != i64::MIN).then_some(watermark),
             checkpoints_acked: self.checkpoints_acked.load(Ordering::Relaxed),
+            connected: self.connected(),
         }
     }
 }
@@ -127,6 +146,8 @@ pub struct MetricsSnapshot {
     pub queue_depth: u64,
     pub watermark_micros: Option<i64>,
     pub checkpoints_acked: u64,
+    /// Whether its outside connection works; `None` when it has none (or none yet).
+    pub connected: Option<bool>,
 }
 
 /// One component's identity and counters, as reported.

@@ -4,8 +4,9 @@
 //! its filter; CORS; and that `promtool check metrics` accepts `/metrics`.
 
 use std::collections::HashMap;
+use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use engine::config::SourceText;
 use futures::StreamExt;
@@ -948,4 +949,72 @@ listen = "127.0.0.1:0"
         skipped > 0 || closed,
         "the stalled client was neither skipped ahead nor dropped"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_reports_a_sink_whose_receiver_is_down() {
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let history = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        r#"
+[sources.calls]
+type = "generator"
+clock = "simulated"
+start_time = "2026-05-01T10:00:00Z"
+rate = 100.0
+count = 3000
+
+[operators.per_10s]
+type = "window"
+inputs = ["calls"]
+size = "10s"
+key = ["model"]
+
+[operators.alerts]
+type = "alert"
+inputs = ["per_10s"]
+key = ["model"]
+
+[[operators.alerts.rules]]
+name = "Traffic"
+condition = "count >= 1"
+
+[sinks.pager]
+type = "webhook"
+inputs = ["alerts"]
+url = "http://127.0.0.1:{closed}/hook"
+queue_dir = "{}"
+retry_initial = "50ms"
+drain_timeout = "1s"
+
+[api]
+listen = "127.0.0.1:0"
+"#,
+        history.path().join("queue").display()
+    );
+    let (api, ()) = start_with(text, 64, history, |_| async {}).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ready = loop {
+        let (status, ready) = api.get("/ready", None).await;
+        if ready["disconnected"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|c| c == "main/pager"))
+        {
+            assert_eq!(status, 503);
+            break ready;
+        }
+        assert!(Instant::now() < deadline, "never reported down: {ready}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let pager = ready["connections"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["component"] == "pager"))
+        .expect("the webhook's connection");
+    assert_eq!(pager["connected"], false);
+    assert_eq!(pager["type"], "webhook");
+    let (_, health) = api.get("/api/v1/health", None).await;
+    assert_ne!(health["status"], "healthy", "{health}");
 }

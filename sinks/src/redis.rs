@@ -91,6 +91,7 @@ pub fn build(ctx: &BuildContext<'_, '_>) -> Result<Box<dyn Sink>, ConfigError> {
             .error_at_key("url", format!("invalid Redis URL: {e}"))
     })?;
     Ok(Box::new(RedisSink {
+        metrics: ctx.metrics.clone(),
         keys: window_key_columns(&schema),
         alerts,
         config,
@@ -100,6 +101,7 @@ pub fn build(ctx: &BuildContext<'_, '_>) -> Result<Box<dyn Sink>, ConfigError> {
 
 pub struct RedisSink {
     config: RedisConfig,
+    metrics: std::sync::Arc<engine::metrics::ComponentMetrics>,
     keys: Vec<usize>,
     /// The input is alert rows, not window results.
     alerts: bool,
@@ -209,20 +211,31 @@ impl Sink for RedisSink {
         let pipe = self.commands(&batch)?;
         let mut attempt = 0u32;
         loop {
-            let mut connection = self.connection().await?;
+            let mut connection = match self.connection().await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    self.metrics.set_connected(false);
+                    return Err(error);
+                }
+            };
             match pipe.query_async::<()>(&mut connection).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.metrics.set_connected(true);
+                    return Ok(());
+                }
                 Err(error) if attempt < 8 => {
+                    self.metrics.set_connected(false);
                     attempt += 1;
                     let backoff = Duration::from_millis(50 * (1 << attempt.min(6)));
                     tracing::warn!(%error, attempt, "writing to Redis failed; retrying in {backoff:?}");
                     tokio::time::sleep(backoff).await;
                 }
                 Err(error) => {
+                    self.metrics.set_connected(false);
                     return Err(ComponentError::other(format!(
                         "writing to Redis at {} failed: {error}",
                         self.config.url
-                    )))
+                    )));
                 }
             }
         }

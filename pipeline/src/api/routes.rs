@@ -57,15 +57,49 @@ fn pipeline_states(state: &AppState) -> (bool, Vec<Value>) {
     (all_running, list)
 }
 
-/// `GET /ready`: 200 while every pipeline runs, 503 once one has failed or ended.
+/// Components whose outside connection is down, as `pipeline/component`.
+fn disconnected(state: &AppState) -> Vec<String> {
+    state
+        .pipelines
+        .iter()
+        .flat_map(|p| {
+            p.metrics
+                .report()
+                .into_iter()
+                .filter(|c| c.metrics.connected == Some(false))
+                .map(move |c| format!("{}/{}", p.name, c.id))
+        })
+        .collect()
+}
+
+/// `GET /ready`: 200 while every pipeline runs and no source's or sink's connection is down,
+/// 503 otherwise; the body gives each pipeline's state and each connection's.
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     let (all_running, pipelines) = pipeline_states(&state);
-    let status = if all_running {
+    let down = disconnected(&state);
+    let ready = all_running && down.is_empty();
+    let connections: Vec<Value> = state
+        .pipelines
+        .iter()
+        .flat_map(|p| {
+            p.metrics.report().into_iter().filter_map(move |c| {
+                c.metrics.connected.map(|up| {
+                    json!({ "pipeline": p.name, "component": c.id, "type": c.component_type, "connected": up })
+                })
+            })
+        })
+        .collect();
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({ "ready": all_running, "pipelines": pipelines });
+    let body = json!({
+        "ready": ready,
+        "pipelines": pipelines,
+        "connections": connections,
+        "disconnected": down,
+    });
     (status, Json(body)).into_response()
 }
 
@@ -80,8 +114,17 @@ pub async fn system_health(State(state): State<Arc<AppState>>) -> Json<Value> {
             dropped += component.metrics.dropped;
         }
     }
+    let down = disconnected(&state);
+    let status = if !all_running {
+        "unhealthy"
+    } else if !down.is_empty() {
+        "degraded"
+    } else {
+        "healthy"
+    };
     Json(json!({
-        "status": if all_running { "healthy" } else { "unhealthy" },
+        "status": status,
+        "disconnected": down,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
         "pipelines": pipelines,

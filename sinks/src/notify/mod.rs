@@ -181,6 +181,10 @@ async fn deliver_forever<T: Transport>(
             outcome = transport.attempt(&entry) => outcome,
             _ = stop.cancelled() => return,
         };
+        // A receiver that answers, even with a refusal, is reachable.
+        shared
+            .metrics
+            .set_connected(!matches!(outcome, Outcome::Retry(_)));
         match outcome {
             Outcome::Delivered | Outcome::Rejected(_) => {
                 if let Outcome::Rejected(reason) = &outcome {

@@ -149,9 +149,13 @@ impl PostgresSink {
         let mut backoff = Backoff::new(self.config.retry_initial.0, self.config.retry_max.0);
         loop {
             match attempt(self.pool.clone()).await {
-                Ok(value) => return Ok(value),
+                Ok(value) => {
+                    self.metrics.set_connected(true);
+                    return Ok(value);
+                }
                 Err(Failure::Fatal(message)) => return Err(ComponentError::other(message)),
                 Err(Failure::Retry(message)) => {
+                    self.metrics.set_connected(false);
                     let delay = backoff.next_delay();
                     self.counters.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(sink = %self.component, error = %message, retry_in = ?delay, attempt = backoff.attempts(), "postgres: {what} failed; retrying");

@@ -152,8 +152,12 @@ pub async fn run(
             return;
         }
         let session = match open(&component, &config).await {
-            Ok(session) => session,
+            Ok(session) => {
+                metrics.set_connected(true);
+                session
+            }
             Err(error) => {
+                metrics.set_connected(false);
                 let delay = backoff.next_delay();
                 tracing::warn!(sink = %component, %error, retry_in = ?delay, buffered_events = shared.buffered_events(), "rabbitmq: cannot publish; retrying");
                 tokio::select! {
@@ -173,6 +177,7 @@ pub async fn run(
         match result {
             Ok(()) => return,
             Err(error) => {
+                metrics.set_connected(false);
                 tracing::warn!(sink = %component, %error, "rabbitmq: connection lost; unconfirmed messages will be published again");
             }
         }

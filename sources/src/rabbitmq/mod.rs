@@ -157,8 +157,12 @@ impl Source for RabbitMqSource {
                 return pending.flush(&mut ctx).await;
             }
             let session = match Session::open(&self.component, &self.config).await {
-                Ok(session) => session,
+                Ok(session) => {
+                    ctx.metrics.set_connected(true);
+                    session
+                }
                 Err(error) => {
+                    ctx.metrics.set_connected(false);
                     let delay = backoff.next_delay();
                     tracing::warn!(source = %self.component, %error, retry_in = ?delay, "rabbitmq: cannot consume; retrying");
                     self.wait_forwarding_barriers(&mut ctx, &mut pending, delay)
@@ -194,6 +198,7 @@ impl Source for RabbitMqSource {
                     return result;
                 }
                 Ended::ConnectionLost(error) => {
+                    ctx.metrics.set_connected(false);
                     tracing::warn!(source = %self.component, %error, unacked = acks.unacked(), "rabbitmq: connection lost; unacknowledged deliveries will be redelivered");
                     session.close().await;
                     let delay = backoff.next_delay();
