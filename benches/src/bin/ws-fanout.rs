@@ -133,13 +133,20 @@ async fn main() -> anyhow::Result<()> {
                     continue;
                 };
                 let now = chrono::Utc::now().timestamp_micros() as f64 / 1000.0;
-                let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
-                    continue;
+                // Only the two fields needed, without parsing the whole message.
+                let kind = if text.contains("\"type\":\"window_result\"") {
+                    Some("window_result")
+                } else if text.contains("\"type\":\"lagged\"") {
+                    Some("lagged")
+                } else {
+                    None
                 };
-                match value["type"].as_str() {
+                match kind {
                     Some("window_result") => {
-                        let end = value["data"]["window_end"]
-                            .as_str()
+                        let end = text
+                            .split("\"window_end\":\"")
+                            .nth(1)
+                            .and_then(|rest| rest.split('"').next())
                             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
                             .map(|t| t.timestamp_micros() as f64 / 1000.0);
                         if let Some(end) = end.filter(|&e| e >= measuring_from as f64) {

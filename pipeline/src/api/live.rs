@@ -20,7 +20,8 @@ pub const SERIES_LENGTH: usize = 120;
 pub struct Update {
     pub model: Option<String>,
     pub endpoint: Option<String>,
-    pub json: Arc<str>,
+    /// Shared by every client's send: cloning it does not copy the text.
+    pub json: axum::extract::ws::Utf8Bytes,
 }
 
 /// One key's recent window results, oldest first.

@@ -13,11 +13,11 @@ use std::time::Duration;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::Response;
+use futures::SinkExt;
 use serde_json::{json, Value};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::error::ApiError;
-use super::live::Update;
 use super::routes::check_params;
 use super::state::AppState;
 
@@ -57,6 +57,20 @@ async fn send(socket: &mut WebSocket, text: impl Into<Utf8Bytes>) -> bool {
     )
 }
 
+/// Writes `messages` with one flush at the end.
+async fn send_all(socket: &mut WebSocket, messages: Vec<Utf8Bytes>) -> bool {
+    if messages.is_empty() {
+        return true;
+    }
+    let write = async {
+        for message in messages {
+            socket.feed(Message::Text(message)).await?;
+        }
+        socket.flush().await
+    };
+    matches!(tokio::time::timeout(SEND_TIMEOUT, write).await, Ok(Ok(())))
+}
+
 fn snapshot(state: &AppState, filter: &Filter) -> String {
     let field = |row: &serde_json::Map<String, Value>, name: &str| {
         row.get(name).and_then(Value::as_str).map(str::to_string)
@@ -90,10 +104,30 @@ async fn serve(mut socket: WebSocket, state: Arc<AppState>, filter: Filter) {
     loop {
         tokio::select! {
             update = updates.recv() => match update {
-                Ok(Update { model, endpoint, json }) => {
-                    if filter.keeps(model.as_deref(), endpoint.as_deref())
-                        && !send(&mut socket, json.to_string()).await
-                    {
+                Ok(update) => {
+                    // Queue this update and every other already waiting, then write them with
+                    // one flush: a burst of window results costs one write per client.
+                    let mut batch = vec![update];
+                    let mut lagged = None;
+                    loop {
+                        match updates.try_recv() {
+                            Ok(update) => batch.push(update),
+                            Err(TryRecvError::Lagged(skipped)) => {
+                                lagged = Some(skipped);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let mut messages: Vec<Utf8Bytes> = batch
+                        .into_iter()
+                        .filter(|u| filter.keeps(u.model.as_deref(), u.endpoint.as_deref()))
+                        .map(|u| u.json)
+                        .collect();
+                    if let Some(skipped) = lagged {
+                        messages.push(json!({ "type": "lagged", "skipped": skipped }).to_string().into());
+                    }
+                    if !send_all(&mut socket, messages).await {
                         return;
                     }
                 }
