@@ -1018,3 +1018,77 @@ listen = "127.0.0.1:0"
     let (_, health) = api.get("/api/v1/health", None).await;
     assert_ne!(health["status"], "healthy", "{health}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn historical_metrics_from_postgresql_when_it_is_the_history() {
+    const URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+    if let Err(error) = tokio_postgres::connect(URL, tokio_postgres::NoTls).await {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("PostgreSQL is required at {URL} under CI: {error}");
+        }
+        eprintln!("skipped: no PostgreSQL at {URL} ({error})");
+        return;
+    }
+    let schema = format!("api_history_{}", std::process::id());
+    let text = format!(
+        r#"
+[sources.calls]
+type = "generator"
+clock = "simulated"
+start_time = "2026-05-01T10:00:00Z"
+rate = 200.0
+count = 12000
+models = ["gpt-4o", "llama-3-70b"]
+seed = 11
+
+[operators.per_10s]
+type = "window"
+inputs = ["calls"]
+size = "10s"
+key = ["model", "endpoint"]
+
+[sinks.db]
+type = "timescaledb"
+inputs = ["per_10s"]
+url = "{URL}"
+schema = "{schema}"
+
+[api]
+listen = "127.0.0.1:0"
+history_db = "{URL}"
+history_db_schema = "{schema}"
+"#
+    );
+    let history = tempfile::tempdir().expect("tempdir");
+    let (mut api, ()) = start_with(text, 64, history, |_| async {}).await;
+    api.finished().await;
+    let range = "from=2026-05-01T10:00:00Z&to=2026-05-01T10:05:00Z";
+    let (status, body) = api
+        .get(&format!("/api/v1/metrics/historical?{range}&step=1m"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["window"], "per_10s");
+    let points = body["points"].as_array().expect("points");
+    let total: f64 = points.iter().map(|p| p["requests"].as_f64().unwrap()).sum();
+    assert_eq!(total, 12000.0, "{body}");
+    assert!(points.iter().all(|p| p["time"]
+        .as_str()
+        .unwrap()
+        .starts_with("2026-05-01T10:00:00")));
+    let (_, gpt) = api
+        .get(
+            &format!("/api/v1/metrics/historical?{range}&step=10s&model=gpt-4o"),
+            None,
+        )
+        .await;
+    let gpt = gpt["points"].as_array().expect("points");
+    assert!(!gpt.is_empty() && gpt.iter().all(|p| p["model"] == "gpt-4o"));
+    let (client, connection) = tokio_postgres::connect(URL, tokio_postgres::NoTls)
+        .await
+        .expect("connects");
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .await
+        .expect("cleanup");
+}

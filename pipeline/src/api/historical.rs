@@ -86,6 +86,17 @@ fn range(params: &HashMap<String, String>) -> Result<Range, ApiError> {
     Ok(Range { from, to, step })
 }
 
+/// The answer when no `window` was given and the range holds several.
+pub(super) fn several_windows(names: &[String]) -> ApiError {
+    ApiError::bad_field(
+        "window",
+        format!(
+            "the history has several windows in this range ({}); choose one",
+            names.join(", ")
+        ),
+    )
+}
+
 fn timestamp(t: DateTime<Utc>) -> ScalarValue {
     ScalarValue::TimestampMicrosecond(Some(t.timestamp_micros()), Some("UTC".into()))
 }
@@ -139,6 +150,29 @@ pub async fn historical(
         &["model", "endpoint", "window", "from", "to", "step"],
     )?;
     let Range { from, to, step } = range(&params)?;
+    if let Some(url) = &state.settings.history_db {
+        let request = super::historical_pg::Request {
+            from,
+            to,
+            step_seconds: step.as_secs(),
+            window: params.get("window").map(String::as_str),
+            model: params.get("model").map(String::as_str),
+            endpoint: params.get("endpoint").map(String::as_str),
+        };
+        let found =
+            super::historical_pg::points(url, &state.settings.history_db_schema, &request).await?;
+        let (window, points) = match found {
+            Some((window, points)) => (Value::from(window), points),
+            None => (Value::Null, Vec::new()),
+        };
+        return Ok(Json(json!({
+            "window": window,
+            "from": engine::time::format_micros(from.timestamp_micros()),
+            "to": engine::time::format_micros(to.timestamp_micros()),
+            "step_seconds": step.as_secs(),
+            "points": points,
+        })));
+    }
     let context = SessionContext::new_with_config(SessionConfig::new());
     let tables = register_history(&context, &state.settings.history)
         .await
@@ -195,15 +229,7 @@ pub async fn historical(
                     ))
                 }
                 [only] => only.clone(),
-                several => {
-                    return Err(ApiError::bad_field(
-                        "window",
-                        format!(
-                            "the history has several windows in this range ({}); choose one",
-                            several.join(", ")
-                        ),
-                    ))
-                }
+                several => return Err(several_windows(several)),
             }
         }
     };

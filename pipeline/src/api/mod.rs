@@ -7,6 +7,7 @@ pub mod auth;
 pub mod call_metrics;
 pub mod error;
 pub mod historical;
+pub mod historical_pg;
 pub mod live;
 pub mod openapi;
 pub mod prometheus;

@@ -55,6 +55,13 @@ pub struct ApiSettings {
     /// Rows a query may return.
     #[serde(default = "default_query_max_rows")]
     pub query_max_rows: usize,
+    /// A PostgreSQL / TimescaleDB URL whose `window_metrics` table (written by a `timescaledb`
+    /// sink) `/api/v1/metrics/historical` reads instead of the Parquet history.
+    #[serde(default)]
+    pub history_db: Option<String>,
+    /// The schema of that table.
+    #[serde(default = "default_history_db_schema")]
+    pub history_db_schema: String,
     /// Where alert rule changes made through the API are saved (and restored from at start).
     #[serde(default = "default_rules_file")]
     pub rules_file: std::path::PathBuf,
@@ -71,6 +78,9 @@ fn default_listen() -> String {
 }
 fn default_history() -> String {
     "./data".to_string()
+}
+fn default_history_db_schema() -> String {
+    "public".to_string()
 }
 fn default_rules_file() -> std::path::PathBuf {
     std::path::PathBuf::from("./data/alert-rules.json")
@@ -98,6 +108,8 @@ impl Default for ApiSettings {
             keys: Vec::new(),
             cors_origins: Vec::new(),
             history: default_history(),
+            history_db: None,
+            history_db_schema: default_history_db_schema(),
             rules_file: default_rules_file(),
             query_timeout: default_query_timeout(),
             query_memory_mib: default_query_memory_mib(),
