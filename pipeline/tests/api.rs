@@ -1092,3 +1092,50 @@ history_db_schema = "{schema}"
         .await
         .expect("cleanup");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_queries_are_held_to_their_memory_and_time_limits() {
+    let text = r#"
+[sources.calls]
+type = "generator"
+clock = "simulated"
+count = 100
+
+[sinks.out]
+type = "null"
+inputs = ["calls"]
+
+[api]
+listen = "127.0.0.1:0"
+query_memory_mib = 1
+query_timeout = "300ms"
+"#
+    .to_string();
+    let history = tempfile::tempdir().expect("tempdir");
+    let (mut api, ()) = start_with(text, 64, history, |_| async {}).await;
+    api.finished().await;
+    let (status, body) = api
+        .sql(
+            "SELECT value FROM generate_series(1, 5000000) ORDER BY value DESC LIMIT 10000000",
+            "anything",
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (422, Some("query_too_large")),
+        "{body}"
+    );
+    assert!(message(&body).contains("query_memory_mib"), "{body}");
+    let (status, body) = api
+        .sql(
+            "SELECT count(*) FROM generate_series(1, 100000000000) a",
+            "anything",
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (408, Some("query_timeout")),
+        "{body}"
+    );
+    assert!(message(&body).contains("300ms"), "{body}");
+}

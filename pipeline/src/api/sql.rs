@@ -1,6 +1,6 @@
 //! `POST /api/v1/query`: ad hoc SQL over the Parquet history, read-only. Each query runs in
 //! its own DataFusion session with a memory pool of `query_memory_mib` and a deadline of
-//! `query_timeout`, and returns at most `query_max_rows` rows. DDL, DML, COPY and statements
+//! `query_timeout` (without spilling to disk), and returns at most `query_max_rows` rows. DDL, DML, COPY and statements
 //! are refused, and the session has no table functions or URL tables that read files.
 
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use datafusion::error::DataFusionError;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
@@ -57,8 +58,12 @@ fn execution_error(error: DataFusionError) -> ApiError {
 
 async fn run(state: &AppState, sql: &str) -> Result<Value, ApiError> {
     let settings = &state.settings;
+    // No spilling to disk: a query over its memory limit fails instead of filling /tmp.
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_limit(settings.query_memory_mib * 1024 * 1024, 1.0)
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+        )
         .build_arc()
         .map_err(execution_error)?;
     let context = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
