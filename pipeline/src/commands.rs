@@ -180,20 +180,29 @@ pub async fn run_pipelines(
     for pipeline in pipelines {
         let name = pipeline.name.clone();
         tracing::info!(pipeline = %name, "pipeline started");
-        handles.push((name, tokio::spawn(pipeline.run(shutdown.clone()))));
+        let state = states.get(&name).cloned();
+        let run = pipeline.run(shutdown.clone());
+        // Each pipeline records its own end as it happens, not when its turn to be awaited
+        // comes, so readiness reports a failure at once.
+        handles.push((
+            name,
+            tokio::spawn(async move {
+                let outcome = run.await;
+                if let Some(state) = state {
+                    *state.lock().unwrap_or_else(|e| e.into_inner()) = match &outcome {
+                        Ok(_) => RunState::Finished,
+                        Err(error) => RunState::Failed {
+                            error: error.to_string(),
+                        },
+                    };
+                }
+                outcome
+            }),
+        ));
     }
     let mut failed = false;
     for (name, handle) in handles {
         let outcome = handle.await.context("a pipeline task panicked")?;
-        let run_state = match &outcome {
-            Ok(_) => RunState::Finished,
-            Err(error) => RunState::Failed {
-                error: error.to_string(),
-            },
-        };
-        if let Some(state) = states.get(&name) {
-            *state.lock().unwrap_or_else(|e| e.into_inner()) = run_state;
-        }
         match outcome {
             Ok(report) => print_report(&name, &report),
             Err(error) => {

@@ -40,7 +40,11 @@ pub struct LiveState {
 }
 
 fn text_field(object: &Map<String, Value>, name: &str) -> Option<String> {
-    object.get(name).and_then(Value::as_str).map(str::to_string)
+    text_ref(object, name).map(str::to_string)
+}
+
+fn text_ref<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
+    object.get(name).and_then(Value::as_str)
 }
 
 impl LiveState {
@@ -76,8 +80,9 @@ impl LiveState {
         let _ = updates.send(update);
     }
 
-    /// Keeps `row` as its key's latest result unless a newer window is already there, and
-    /// sends it to WebSocket clients.
+    /// Adds `row` to its key's series in `window_start` order (a later revision of a window
+    /// replaces it in place; the oldest beyond [`SERIES_LENGTH`] is dropped), and sends it to
+    /// WebSocket clients.
     pub fn record_window(&self, key: String, row: Map<String, Value>) {
         let window = text_field(&row, "window").unwrap_or_default();
         let start = text_field(&row, "window_start").unwrap_or_default();
@@ -94,11 +99,11 @@ impl LiveState {
             // RFC 3339 text of one fixed width sorts like the time it names; a later revision
             // of a window replaces it in place.
             let position = series.partition_point(|held| {
-                text_field(held, "window_start").is_some_and(|held| held < start)
+                text_ref(held, "window_start").is_some_and(|held| held < start.as_str())
             });
             let same = series
                 .get(position)
-                .is_some_and(|held| text_field(held, "window_start").as_deref() == Some(&start));
+                .is_some_and(|held| text_ref(held, "window_start") == Some(start.as_str()));
             if same {
                 series[position] = row;
             } else {
@@ -113,13 +118,7 @@ impl LiveState {
 
     /// Applies an alert change: pending and firing alerts are active, resolved ones are not.
     pub fn record_alert(&self, notification: &AlertNotification) {
-        let body: Value = serde_json::from_str(&sinks::webhook::payload::body(
-            sinks::webhook::Format::Json,
-            notification,
-            "",
-            "",
-        ))
-        .unwrap_or(Value::Null);
+        let body = sinks::webhook::payload::json_body(notification);
         {
             let mut active = self
                 .active_alerts

@@ -1,10 +1,10 @@
 //! `GET /ws/metrics`: a WebSocket feed of every window result and alert change as JSON
 //! (`{"type": "window_result" | "alert", "data": {...}}`), filtered by `model` / `endpoint`
 //! chosen at subscribe time. A client first gets a `snapshot` of the recent results (up to 120
-//! windows per key) and active alerts, then updates, and a `heartbeat` every `api.heartbeat`. A client that falls more
-//! than `api.client_buffer` updates behind is skipped ahead (told with a `lagged` message
-//! saying how many it missed); one that does not take a message for 10 s is dropped. Neither
-//! holds up the other clients or the pipeline.
+//! windows per key) and active alerts, then updates, and a `heartbeat` every `api.heartbeat`.
+//! A client that falls more than `api.client_buffer` updates behind is skipped ahead (told
+//! with a `lagged` message saying how many it missed); one that does not take a message for
+//! 10 s is dropped. Neither holds up the other clients or the pipeline.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -45,7 +45,8 @@ fn optional_time(micros: Option<i64>) -> Value {
     micros.map_or(Value::Null, |m| Value::String(format_micros(m)))
 }
 
-fn json_body(n: &AlertNotification) -> Value {
+/// A notification as this project's JSON object (the `json` format's body).
+pub fn json_body(n: &AlertNotification) -> Value {
     json!({
         "notification_id": n.notification_id,
         "alert_id": n.alert_id,
