@@ -51,6 +51,31 @@ pub struct SourceContext {
     /// Cancelled on shutdown: flush what is buffered, then return.
     pub shutdown: CancellationToken,
     pub metrics: Arc<ComponentMetrics>,
+    /// The state this source saved in the checkpoint the pipeline restored (only for a source
+    /// whose `saves_state` is true, and only when a checkpoint was restored).
+    pub restored_state: Option<Vec<u8>>,
+    /// Where a source whose `saves_state` is true hands its state at each barrier.
+    pub state: StateReporter,
+}
+
+/// Hands a component's state for a checkpoint to the coordinator.
+#[derive(Debug, Clone)]
+pub struct StateReporter(pub(crate) Option<crate::runtime::Reporter>);
+
+impl StateReporter {
+    /// Saves `state` as this component's part of checkpoint `checkpoint`. A source calls it
+    /// when it forwards that checkpoint's barrier (before or after, as long as it is the
+    /// state as of the barrier).
+    pub async fn save(&self, checkpoint: u64, state: Vec<u8>) {
+        if let Some(reporter) = &self.0 {
+            reporter.state(checkpoint, Some(state)).await;
+        }
+    }
+
+    /// A reporter connected to nothing (for sources driven outside a pipeline, in tests).
+    pub fn detached() -> Self {
+        Self(None)
+    }
 }
 
 /// Lets a source ask for a checkpoint. Requests made while one is in flight or already
@@ -80,6 +105,12 @@ pub trait Source: Send {
     /// `shutdown` is cancelled only by a shutdown request, and it must drop (and count) what it
     /// can no longer send instead of stopping.
     fn fail_open(&self) -> bool {
+        false
+    }
+
+    /// A source with state of its own (e.g. which broker messages a checkpoint covered) returns
+    /// true, and then must call `ctx.state.save` for every barrier it forwards.
+    fn saves_state(&self) -> bool {
         false
     }
 }
@@ -152,6 +183,28 @@ pub trait Operator: Send {
     fn on_end(&mut self, _out: &mut Collector) -> ComponentResult {
         Ok(())
     }
+
+    /// The operator's state as of the barrier just handled (after `on_barrier`), for the
+    /// checkpoint; `None` for a stateless operator. `engine::state::snapshot` encodes it.
+    fn snapshot(&mut self) -> ComponentResult<Option<Vec<u8>>> {
+        Ok(None)
+    }
+
+    /// Restores what `snapshot` returned, before the first input. An error means the state
+    /// does not fit this operator; the runtime then starts it empty and says so.
+    fn restore(&mut self, _state: &[u8]) -> ComponentResult {
+        Ok(())
+    }
+}
+
+/// How a sink takes part in exactly-once output: checkpoint `restored` was restored (0: none)
+/// and the next checkpoint is `next`. A sink that stages output at each barrier and publishes
+/// it in `commit` publishes what it staged for checkpoints up to `restored` and discards the
+/// rest (output of a run that crashed after that checkpoint, which will be produced again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitPlan {
+    pub restored: u64,
+    pub next: u64,
 }
 
 /// Writes batches somewhere.
@@ -174,6 +227,18 @@ pub trait Sink: Send {
     /// barrier to the checkpoint coordinator only after this returns `Ok`.
     async fn checkpoint(&mut self, _barrier: Barrier) -> ComponentResult {
         self.flush().await
+    }
+
+    /// Called once before the first batch. `Some` when the pipeline saves state at
+    /// checkpoints, so that a sink can make its output exactly-once by staging it at each
+    /// barrier and publishing it in `commit`.
+    async fn begin(&mut self, _plan: Option<CommitPlan>) -> ComponentResult {
+        Ok(())
+    }
+
+    /// Checkpoint `checkpoint` (and every one before it) completed.
+    async fn commit(&mut self, _checkpoint: u64) -> ComponentResult {
+        Ok(())
     }
 
     /// Writes out anything buffered.

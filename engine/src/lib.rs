@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod registry;
 pub mod runtime;
 pub mod schema;
+pub mod state;
 pub mod time;
 
 pub use component::{Collector, Operator, Sink, Source, SourceContext};

@@ -181,6 +181,12 @@ pub struct CheckpointMetrics {
     pub completed: AtomicU64,
     /// From barrier injection to the last sink's acknowledgement, of the newest checkpoint.
     pub last_duration_micros: AtomicU64,
+    /// Checkpoints abandoned because a state could not be written.
+    pub failed: AtomicU64,
+    /// Bytes of operator and source state in the newest checkpoint.
+    pub last_state_bytes: AtomicU64,
+    /// The checkpoint the pipeline restored at start (0: none).
+    pub restored: AtomicU64,
 }
 
 impl MetricsRegistry {

@@ -55,7 +55,10 @@ pub async fn register_history(context: &SessionContext, data: &str) -> anyhow::R
         .iter()
         .filter_map(|p| p.filename().map(str::to_string))
         .filter(|name| {
-            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            // `_staging` (files waiting for their checkpoint) and other `_` names are not tables.
+            !name.is_empty()
+                && !name.starts_with('_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         })
         .collect();
     tables.sort();

@@ -6,6 +6,11 @@
 //! staging file and renames it), so a reader never sees a half-written file. Open files roll
 //! at `max_file_bytes` (encoded size) or `max_file_age`, and at every checkpoint barrier, which
 //! is what makes them durable before the barrier is acknowledged.
+//!
+//! When the pipeline saves state at checkpoints (`checkpoint_dir`), output is exactly-once:
+//! files are first put under `_staging/<checkpoint>/…` and moved into the table only when
+//! that checkpoint completes. A restart publishes what was staged for the restored checkpoint
+//! and deletes what was staged after it, which the replay writes again.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,13 +21,14 @@ use arrow::compute::take_record_batch;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use engine::component::{ComponentError, ComponentResult, Sink};
+use engine::component::{CommitPlan, ComponentError, ComponentResult, Sink};
 use engine::config::ConfigError;
 use engine::message::Barrier;
 use engine::registry::BuildContext;
 use engine::schema::api_call::{timestamp_type, EVENT_TIME, REQUEST_ID};
 use engine::schema::window_metrics::WINDOW_START;
 use engine::time::ConfigDuration;
+use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
@@ -72,30 +78,7 @@ fn default_max_file_age() -> ConfigDuration {
 }
 
 /// Opens the object store and the prefix inside it for a `path` setting.
-pub fn open_store(path: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath), String> {
-    if path.starts_with("s3://") {
-        let url = url::Url::parse(path).map_err(|e| format!("invalid URL {path:?}: {e}"))?;
-        let bucket = url
-            .host_str()
-            .ok_or_else(|| format!("{path:?} names no bucket"))?;
-        let store = object_store::aws::AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .build()
-            .map_err(|e| format!("cannot open {path}: {e}"))?;
-        let prefix = ObjectPath::from(url.path().trim_start_matches('/'));
-        return Ok((Arc::new(store), prefix));
-    }
-    let local = path.strip_prefix("file://").unwrap_or(path);
-    if local.contains("://") {
-        return Err(format!(
-            "unsupported storage URL {path:?}: use a directory or s3://bucket/prefix"
-        ));
-    }
-    std::fs::create_dir_all(local).map_err(|e| format!("cannot create directory {local}: {e}"))?;
-    let store = object_store::local::LocalFileSystem::new_with_prefix(local)
-        .map_err(|e| format!("cannot open directory {local}: {e}"))?;
-    Ok((Arc::new(store), ObjectPath::from("")))
-}
+pub use engine::state::open_store;
 
 pub fn build(ctx: &BuildContext<'_, '_>) -> Result<Box<dyn Sink>, ConfigError> {
     let config: ParquetConfig = ctx.spec.settings()?;
@@ -150,6 +133,7 @@ pub fn build(ctx: &BuildContext<'_, '_>) -> Result<Box<dyn Sink>, ConfigError> {
         store: None,
         open: BTreeMap::new(),
         files_written: 0,
+        staging: None,
     }))
 }
 
@@ -168,6 +152,25 @@ pub struct ParquetSink {
     /// Hour bucket (µs since epoch / hour) → the file being written for it.
     open: BTreeMap<i64, OpenFile>,
     files_written: u64,
+    /// Set when output is exactly-once: files wait under `_staging` for their checkpoint.
+    staging: Option<Staging>,
+}
+
+const STAGING: &str = "_staging";
+
+struct Staging {
+    /// The checkpoint that files rolled now belong to.
+    tag: u64,
+    /// Checkpoint → (staged location, final location) of the files waiting for it.
+    waiting: BTreeMap<u64, Vec<(ObjectPath, ObjectPath)>>,
+}
+
+fn staged_location(prefix: &ObjectPath, tag: u64, relative: &str) -> ObjectPath {
+    let mut location = prefix.clone().join(STAGING).join(format!("{tag:020}"));
+    for part in relative.split('/') {
+        location = location.join(part);
+    }
+    location
 }
 
 impl ParquetSink {
@@ -229,12 +232,21 @@ impl ParquetSink {
         let (store, prefix) = self.store()?;
         let start = chrono::DateTime::from_timestamp_micros(hour * MICROS_PER_HOUR)
             .ok_or_else(|| ComponentError::other(format!("hour bucket {hour} is out of range")))?;
-        let location = prefix
-            .clone()
-            .join(self.table.as_str())
-            .join(format!("date={}", start.format("%Y-%m-%d")))
-            .join(format!("hour={}", start.format("%H")))
-            .join(format!("part-{}.parquet", uuid::Uuid::now_v7()));
+        let relative = format!(
+            "{}/date={}/hour={}/part-{}.parquet",
+            self.table,
+            start.format("%Y-%m-%d"),
+            start.format("%H"),
+            uuid::Uuid::now_v7()
+        );
+        let mut location = prefix.clone();
+        for part in relative.split('/') {
+            location = location.join(part);
+        }
+        let destination = location.clone();
+        if let Some(staging) = &self.staging {
+            location = staged_location(&prefix, staging.tag, &relative);
+        }
         let size = bytes.len();
         let mut attempt = 0;
         loop {
@@ -253,8 +265,87 @@ impl ParquetSink {
                 }
             }
         }
-        self.files_written += 1;
+        if let Some(staging) = &mut self.staging {
+            staging
+                .waiting
+                .entry(staging.tag)
+                .or_default()
+                .push((location.clone(), destination));
+        } else {
+            self.files_written += 1;
+        }
         tracing::debug!(%location, rows = file.rows, bytes = size, "parquet file written");
+        Ok(())
+    }
+
+    /// Moves the files staged for checkpoints up to `checkpoint` into the table.
+    async fn publish(&mut self, checkpoint: u64) -> ComponentResult {
+        let Some(staging) = &mut self.staging else {
+            return Ok(());
+        };
+        let later = staging.waiting.split_off(&(checkpoint.saturating_add(1)));
+        let ready = std::mem::replace(&mut staging.waiting, later);
+        let (store, _) = self.store()?;
+        for (staged, destination) in ready.into_values().flatten() {
+            store.rename(&staged, &destination).await.map_err(|e| {
+                ComponentError::other(format!("cannot move {staged} to {destination}: {e}"))
+            })?;
+            self.files_written += 1;
+        }
+        Ok(())
+    }
+
+    /// After a restart: publishes what was staged for checkpoints up to the restored one and
+    /// deletes what was staged after it.
+    async fn recover_staged(&mut self, restored: u64) -> ComponentResult {
+        let (store, prefix) = self.store()?;
+        let staging_root = prefix.clone().join(STAGING);
+        let files: Vec<ObjectPath> = store
+            .list(Some(&staging_root))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|e| ComponentError::other(format!("cannot list {staging_root}: {e}")))?;
+        let (mut published, mut discarded) = (0, 0);
+        for staged in files {
+            let parts: Vec<String> = staged
+                .prefix_match(&staging_root)
+                .map(|parts| parts.map(|p| p.as_ref().to_string()).collect())
+                .unwrap_or_default();
+            let Some((tag, relative)) = parts.split_first() else {
+                continue;
+            };
+            // Only this sink's table: several sinks may share a path.
+            if relative.first().map(String::as_str) != Some(self.table.as_str()) {
+                continue;
+            }
+            let Ok(tag) = tag.parse::<u64>() else {
+                continue;
+            };
+            if tag <= restored {
+                let mut destination = prefix.clone();
+                for part in relative {
+                    destination = destination.join(part.as_str());
+                }
+                store.rename(&staged, &destination).await.map_err(|e| {
+                    ComponentError::other(format!("cannot move {staged} to {destination}: {e}"))
+                })?;
+                published += 1;
+            } else {
+                match store.delete(&staged).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => {
+                        return Err(ComponentError::other(format!(
+                            "cannot delete {staged}: {e}"
+                        )))
+                    }
+                }
+                discarded += 1;
+            }
+        }
+        if published + discarded > 0 {
+            tracing::info!(table = %self.table, published, discarded, restored, "parquet: staged files of the previous run settled");
+        }
         Ok(())
     }
 
@@ -327,11 +418,41 @@ impl Sink for ParquetSink {
         Ok(())
     }
 
-    async fn checkpoint(&mut self, _barrier: Barrier) -> ComponentResult {
-        self.roll_all().await
+    async fn begin(&mut self, plan: Option<CommitPlan>) -> ComponentResult {
+        let Some(plan) = plan else {
+            return Ok(());
+        };
+        self.recover_staged(plan.restored).await?;
+        self.staging = Some(Staging {
+            tag: plan.next,
+            waiting: BTreeMap::new(),
+        });
+        Ok(())
+    }
+
+    async fn checkpoint(&mut self, barrier: Barrier) -> ComponentResult {
+        if let Some(staging) = &mut self.staging {
+            staging.tag = barrier.checkpoint_id;
+        }
+        self.roll_all().await?;
+        if let Some(staging) = &mut self.staging {
+            staging.tag = barrier.checkpoint_id + 1;
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self, checkpoint: u64) -> ComponentResult {
+        self.publish(checkpoint).await
     }
 
     async fn flush(&mut self) -> ComponentResult {
         self.roll_all().await
+    }
+
+    /// The inputs ended (a clean stop, after the sources' final checkpoint): everything
+    /// written is published.
+    async fn close(&mut self) -> ComponentResult {
+        self.roll_all().await?;
+        self.publish(u64::MAX).await
     }
 }

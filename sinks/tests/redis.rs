@@ -141,13 +141,16 @@ async fn a_later_revision_replaces_the_window_in_the_series() {
     )
     .unwrap();
     w.process(0, &api_calls_to_batch(&[call(2, "a", 1.0)]), &mut out)
-        .unwrap(); // late: revision 1
+        .unwrap(); // late: revision 1, emitted when the watermark reaches the next boundary
+    w.process(0, &api_calls_to_batch(&[call(21, "a", 1.0)]), &mut out)
+        .unwrap();
     for (_, batch) in out.take().0 {
         sink.write(batch).await.unwrap();
     }
     let series = format!("{prefix}:series:per_10s:a");
     let members: Vec<String> = redis.zrange(&series, 0, -1).await.unwrap();
-    assert_eq!(members.len(), 1, "{members:?}");
+    // [0, 10) once (its revision 1 replaced revision 0), then [10, 20).
+    assert_eq!(members.len(), 2, "{members:?}");
     let row: serde_json::Value = serde_json::from_str(&members[0]).unwrap();
     assert_eq!(
         (row["count"].as_u64(), row["revision"].as_u64()),

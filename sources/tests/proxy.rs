@@ -234,6 +234,8 @@ impl Proxy {
             checkpoint_requests: engine::component::CheckpointRequester::detached(),
             shutdown: shutdown.clone(),
             metrics: metrics.clone(),
+            restored_state: None,
+            state: engine::component::StateReporter::detached(),
         };
         let task = tokio::spawn(Box::new(ProxySource::new(config)).run(context));
         let admin = format!("http://127.0.0.1:{admin_port}");

@@ -266,6 +266,11 @@ pub struct RuntimeSettings {
     pub channel_capacity: usize,
     /// How often checkpoint barriers are injected; `"0s"` turns checkpoints off.
     pub checkpoint_interval: ConfigDuration,
+    /// Where operator and source state is saved at each checkpoint (a directory, or
+    /// `s3://bucket/prefix`). Unset: no state is saved, and a crash loses open windows.
+    pub checkpoint_dir: Option<String>,
+    /// How many complete checkpoints to keep; older ones are deleted.
+    pub checkpoints_retained: usize,
     /// How often operators and sinks get a processing-time tick.
     pub tick_interval: ConfigDuration,
     /// An input silent for this long stops holding back its consumer's watermark.
@@ -277,6 +282,8 @@ impl Default for RuntimeSettings {
         Self {
             channel_capacity: 16,
             checkpoint_interval: ConfigDuration::from_secs(10),
+            checkpoint_dir: None,
+            checkpoints_retained: 3,
             tick_interval: ConfigDuration::from_millis(100),
             idle_timeout: ConfigDuration::from_secs(10),
         }
@@ -500,6 +507,21 @@ impl<'a> ComponentSpec<'a> {
             self.source
                 .toml_error(&e, Some(&self.path), self.type_span.clone())
         })
+    }
+
+    /// A fingerprint of the component's type and settings (formatting and comments aside):
+    /// checkpoints store it so that a restart restores state only into a component whose
+    /// configuration has not changed.
+    pub fn fingerprint(&self) -> String {
+        let normalised = toml::Value::deserialize(ValueDeserializer::from(self.body.clone()))
+            .map(|value| value.to_string())
+            .unwrap_or_default();
+        let text = format!("{}\n{normalised}", self.type_name);
+        format!(
+            "{:08x}{:08x}",
+            crc32fast::hash(text.as_bytes()),
+            text.len() as u32
+        )
     }
 
     /// An error about the component as a whole (located at its `type`).

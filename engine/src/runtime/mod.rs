@@ -6,6 +6,7 @@
 mod checkpoint;
 pub mod input;
 pub mod output;
+mod restore;
 mod tasks;
 
 use std::sync::Arc;
@@ -16,14 +17,15 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::component::{ComponentError, Operator, Sink, Source};
+use crate::component::{CommitPlan, ComponentError, Operator, Sink, Source, StateReporter};
 use crate::config::{ConfigError, ConfigErrors, PipelineSpec, RuntimeSettings};
 use crate::graph::Graph;
 use crate::message::Message;
 use crate::metrics::{ComponentKind, ComponentMetrics, ComponentReport, MetricsRegistry};
 use crate::registry::{BuildContext, OutputPort, Registry};
+use crate::state::CheckpointStore;
 
-pub use checkpoint::{CheckpointHandle, CheckpointStats};
+pub use checkpoint::{CheckpointHandle, CheckpointStats, Reporter};
 use input::InputSet;
 use output::Output;
 
@@ -33,8 +35,34 @@ enum BuiltComponent {
     Sink(Box<dyn Sink>),
 }
 
+/// A wired component waiting for the run to start it.
+enum Ready {
+    Source(Box<dyn Source>, Box<crate::component::SourceContext>),
+    Operator(Box<dyn Operator>, InputSet, Output, Reporter),
+    Sink(Box<dyn Sink>, InputSet, Reporter),
+}
+
+impl Ready {
+    /// The component's line to the checkpoint coordinator, if it takes part.
+    fn reporter(&self) -> Option<Reporter> {
+        match self {
+            Ready::Source(_, context) => context.state.0.clone(),
+            Ready::Operator(.., reporter) | Ready::Sink(.., reporter) => Some(reporter.clone()),
+        }
+    }
+}
+
+struct ReadyNode {
+    id: String,
+    fingerprint: String,
+    metrics: Arc<ComponentMetrics>,
+    task: Ready,
+}
+
 struct Node {
     id: String,
+    type_name: String,
+    fingerprint: String,
     kind: ComponentKind,
     component: BuiltComponent,
     outputs: Vec<OutputPort>,
@@ -193,6 +221,8 @@ pub fn build(spec: &PipelineSpec<'_>, registry: &Registry) -> Result<BuiltPipeli
             let spec = &spec.components[index];
             Node {
                 id: spec.id.clone(),
+                type_name: spec.type_name.clone(),
+                fingerprint: spec.fingerprint(),
                 kind: spec.kind,
                 component,
                 outputs,
@@ -276,7 +306,9 @@ impl BuiltPipeline {
             .map(|p| p.schema.clone())
     }
 
-    /// Starts every component. Returns a handle to trigger checkpoints, and the run's future.
+    /// Wires every component. Returns a handle to trigger checkpoints, and the run's future,
+    /// which first restores the newest complete checkpoint (when the pipeline has a
+    /// `checkpoint_dir`) and then starts every component.
     pub fn start(
         self,
         shutdown: CancellationToken,
@@ -299,90 +331,189 @@ impl BuiltPipeline {
                 receivers[index].push(rx);
             }
         }
-        let sink_count = self
-            .nodes
-            .iter()
-            .filter(|n| n.kind == ComponentKind::Sink)
-            .count();
-        let (ack_tx, ack_rx) = mpsc::channel(64);
+        let (report_tx, report_rx) = mpsc::unbounded_channel();
         let (completed_tx, completed_rx) = watch::channel(0u64);
         let (trigger_tx, trigger_rx) = mpsc::channel(1);
+        let (started_tx, started_rx) = watch::channel(false);
         let mut barrier_senders = Vec::new();
-        let mut tasks: JoinSet<Result<(), RuntimeError>> = JoinSet::new();
-        let failure = shutdown.child_token();
+        let mut participants = Vec::new();
+        let mut ready = Vec::new();
         let tick = settings.tick_interval.0.max(Duration::from_millis(1));
-        let mut sink_index = 0;
         for ((node, output), inputs) in self.nodes.into_iter().zip(outputs).zip(receivers) {
-            let id = node.id.clone();
             let input_set = InputSet::new(inputs, settings.idle_timeout.0, node.metrics.clone());
-            let wrap = move |id: String, result: Result<(), ComponentError>| {
-                result.map_err(|source| RuntimeError {
-                    component: id,
-                    source,
-                })
+            let mut register = |stateful: bool| {
+                participants.push(checkpoint::Participant {
+                    id: node.id.clone(),
+                    type_name: node.type_name.clone(),
+                    fingerprint: node.fingerprint.clone(),
+                    stateful,
+                });
+                Reporter::new(participants.len() - 1, report_tx.clone())
             };
-            match node.component {
+            let task = match node.component {
                 BuiltComponent::Source(source) => {
-                    // A failed component stops ordinary sources; a fail-open one only stops
-                    // on a shutdown request.
-                    let stop = if source.fail_open() {
-                        shutdown.clone()
-                    } else {
-                        failure.clone()
-                    };
+                    let reporter = source.saves_state().then(|| register(true));
                     let (barrier_tx, barrier_rx) = mpsc::channel(4);
                     barrier_senders.push(barrier_tx);
                     let context = crate::component::SourceContext {
-                        id: id.clone(),
+                        id: node.id.clone(),
                         output,
                         barriers: barrier_rx,
                         completed_checkpoints: completed_rx.clone(),
                         checkpoint_requests: crate::component::CheckpointRequester(
                             trigger_tx.clone(),
                         ),
-                        shutdown: stop,
+                        shutdown: CancellationToken::new(), // replaced when started
                         metrics: node.metrics.clone(),
+                        restored_state: None,
+                        state: StateReporter(reporter),
                     };
-                    tasks.spawn(async move { wrap(id, source.run(context).await) });
+                    Ready::Source(source, Box::new(context))
                 }
                 BuiltComponent::Operator(operator) => {
-                    tasks.spawn(async move {
-                        wrap(
-                            id,
-                            tasks::run_operator(operator, input_set, output, tick).await,
-                        )
-                    });
+                    Ready::Operator(operator, input_set, output, register(true))
                 }
-                BuiltComponent::Sink(sink) => {
-                    let acks = ack_tx.clone();
-                    let index = sink_index;
-                    sink_index += 1;
-                    let metrics = node.metrics.clone();
-                    tasks.spawn(async move {
-                        wrap(
-                            id,
-                            tasks::run_sink(sink, input_set, index, acks, metrics, tick).await,
-                        )
-                    });
-                }
-            }
+                BuiltComponent::Sink(sink) => Ready::Sink(sink, input_set, register(false)),
+            };
+            ready.push(ReadyNode {
+                id: node.id,
+                fingerprint: node.fingerprint,
+                metrics: node.metrics,
+                task,
+            });
         }
-        drop(ack_tx);
-        let (handle, coordinator) = checkpoint::Coordinator::new(
-            barrier_senders,
-            sink_count,
-            ack_rx,
-            completed_tx,
-            completed_rx,
-            (trigger_tx, trigger_rx),
-            settings.checkpoint_interval.0,
-        );
-        let coordinator_stop = CancellationToken::new();
-        let coordinator_task =
-            tokio::spawn(coordinator.run(coordinator_stop.clone(), self.metrics.clone()));
+        drop(report_tx);
+        let store = match &settings.checkpoint_dir {
+            Some(_) if settings.checkpoint_interval.0.is_zero() => {
+                tracing::warn!(pipeline = %self.name, "checkpoint_dir is set but checkpoint_interval is \"0s\": no checkpoints are taken, so no state is saved or restored");
+                None
+            }
+            Some(location) => Some(
+                CheckpointStore::open(location, &self.name, settings.checkpoints_retained)
+                    .map(Arc::new),
+            ),
+            None => None,
+        };
+        let handle = CheckpointHandle::new(trigger_tx, completed_rx.clone(), started_rx);
+        let interval = settings.checkpoint_interval.0;
         let metrics = self.metrics.clone();
         let name = self.name.clone();
         let run = async move {
+            let store = store.transpose().map_err(|error| RuntimeError {
+                component: "checkpoints".to_string(),
+                source: ComponentError::other(error),
+            })?;
+            let restored = match &store {
+                Some(store) => store.newest().await.map_err(|error| RuntimeError {
+                    component: "checkpoints".to_string(),
+                    source: ComponentError::other(error),
+                })?,
+                None => None,
+            };
+            let restored_id = restored.as_ref().map_or(0, |r| r.manifest.checkpoint_id);
+            let first_id = restored.as_ref().map_or(0, |r| r.highest_id) + 1;
+            if restored.is_some() {
+                tracing::info!(pipeline = %name, checkpoint = restored_id, "restoring from checkpoint");
+                metrics
+                    .checkpoints
+                    .restored
+                    .store(restored_id, std::sync::atomic::Ordering::Relaxed);
+            }
+            let plan = store.as_ref().map(|_| CommitPlan {
+                restored: restored_id,
+                next: first_id,
+            });
+            completed_tx.send_replace(restored_id);
+            let coordinator = checkpoint::Coordinator::new(
+                barrier_senders,
+                participants,
+                report_rx,
+                completed_tx,
+                trigger_rx,
+                interval,
+                checkpoint::Persistence {
+                    store: store.clone(),
+                    pipeline: name.clone(),
+                    first_id,
+                },
+            );
+            let mut states = restore::States::new(restored, &name);
+            let mut tasks: JoinSet<Result<(), RuntimeError>> = JoinSet::new();
+            let failure = shutdown.child_token();
+            let save_states = store.is_some();
+            for node in ready {
+                let ReadyNode {
+                    id,
+                    fingerprint,
+                    metrics: node_metrics,
+                    task,
+                } = node;
+                let saved = states.take(&id, &fingerprint);
+                let left = task.reporter();
+                let wrap = move |id: String, result: Result<(), ComponentError>| {
+                    if let Some(reporter) = left {
+                        reporter.left();
+                    }
+                    result.map_err(|source| RuntimeError {
+                        component: id,
+                        source,
+                    })
+                };
+                match task {
+                    Ready::Source(source, mut context) => {
+                        // A failed component stops ordinary sources; a fail-open one only
+                        // stops on a shutdown request.
+                        context.shutdown = if source.fail_open() {
+                            shutdown.clone()
+                        } else {
+                            failure.clone()
+                        };
+                        context.restored_state = saved;
+                        tasks.spawn(async move { wrap(id, source.run(*context).await) });
+                    }
+                    Ready::Operator(mut operator, input_set, output, reporter) => {
+                        if let Some(state) = saved {
+                            if let Err(error) = operator.restore(&state) {
+                                tracing::warn!(pipeline = %name, component = %id, %error, "the saved state does not fit this operator; it starts empty");
+                            }
+                        }
+                        tasks.spawn(async move {
+                            let result = tasks::run_operator(
+                                operator,
+                                input_set,
+                                output,
+                                tick,
+                                (reporter, save_states),
+                            )
+                            .await;
+                            wrap(id, result)
+                        });
+                    }
+                    Ready::Sink(sink, input_set, reporter) => {
+                        let completed = completed_rx.clone();
+                        tasks.spawn(async move {
+                            let result = tasks::run_sink(
+                                sink,
+                                input_set,
+                                tasks::SinkLinks {
+                                    reporter,
+                                    completed,
+                                    plan,
+                                },
+                                node_metrics,
+                                tick,
+                            )
+                            .await;
+                            wrap(id, result)
+                        });
+                    }
+                }
+            }
+            states.report_unused();
+            let coordinator_stop = CancellationToken::new();
+            let coordinator_task =
+                tokio::spawn(coordinator.run(coordinator_stop.clone(), metrics.clone()));
+            let _ = started_tx.send(true);
             let mut first_error: Option<RuntimeError> = None;
             while let Some(joined) = tasks.join_next().await {
                 let result = joined.unwrap_or_else(|join_error| {

@@ -4,12 +4,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
-use crate::component::{Collector, ComponentResult, Operator, Sink};
+use crate::component::{Collector, CommitPlan, ComponentResult, Operator, Sink};
 use crate::message::Message;
 use crate::metrics::ComponentMetrics;
+use crate::runtime::checkpoint::Reporter;
 use crate::runtime::input::{InputEvent, InputSet};
 use crate::runtime::output::Output;
 use crate::time::now_micros;
@@ -30,6 +31,7 @@ pub(crate) async fn run_operator(
     mut inputs: InputSet,
     mut output: Output,
     tick: Duration,
+    (reporter, save_state): (Reporter, bool),
 ) -> ComponentResult {
     let mut collector = Collector::default();
     let mut ticker = tokio::time::interval(tick);
@@ -42,6 +44,8 @@ pub(crate) async fn run_operator(
                 InputEvent::Watermark(watermark) => operator.on_watermark(watermark, &mut collector)?,
                 InputEvent::Barrier(barrier) => {
                     operator.on_barrier(barrier)?;
+                    let state = if save_state { operator.snapshot()? } else { None };
+                    reporter.state(barrier.checkpoint_id, state).await;
                     drain(&mut collector, &mut output).await?;
                     output.send_control(Message::Barrier(barrier)).await?;
                     continue;
@@ -63,16 +67,33 @@ pub(crate) async fn run_operator(
     }
 }
 
+/// How a sink task talks to the checkpoint coordinator.
+pub(crate) struct SinkLinks {
+    pub reporter: Reporter,
+    /// The newest completed checkpoint, for `commit`.
+    pub completed: watch::Receiver<u64>,
+    pub plan: Option<CommitPlan>,
+}
+
 pub(crate) async fn run_sink(
     mut sink: Box<dyn Sink>,
     mut inputs: InputSet,
-    index: usize,
-    acks: mpsc::Sender<(usize, u64)>,
+    links: SinkLinks,
     metrics: Arc<ComponentMetrics>,
     tick: Duration,
 ) -> ComponentResult {
+    let SinkLinks {
+        reporter,
+        mut completed,
+        plan,
+    } = links;
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    if let Err(error) = sink.begin(plan).await {
+        metrics.add_errors(1);
+        return Err(error);
+    }
+    completed.borrow_and_update();
     loop {
         tokio::select! {
             biased;
@@ -87,14 +108,17 @@ pub(crate) async fn run_sink(
                 InputEvent::Barrier(barrier) => {
                     sink.checkpoint(barrier).await?;
                     metrics.checkpoints_acked.fetch_add(1, Ordering::Relaxed);
-                    // The coordinator may be gone during shutdown; the ack then has no reader.
-                    let _ = acks.send((index, barrier.checkpoint_id)).await;
+                    reporter.state(barrier.checkpoint_id, None).await;
                 }
                 InputEvent::End => {
                     sink.close().await?;
                     return Ok(());
                 }
             },
+            Ok(()) = completed.changed() => {
+                let id = *completed.borrow_and_update();
+                sink.commit(id).await?;
+            }
             _ = ticker.tick() => {
                 if let Some(watermark) = inputs.on_tick() {
                     sink.on_watermark(watermark).await?;

@@ -374,3 +374,149 @@ fn unknown_types_and_ports_are_located_errors() {
         errors.0[0]
     );
 }
+
+/// Counts rows; its count is its checkpointed state. `restored` records what it got back.
+struct Counter {
+    rows: u64,
+    restored: Arc<Mutex<Vec<(String, u64)>>>,
+    id: String,
+}
+
+impl Operator for Counter {
+    fn process(&mut self, _: usize, batch: &RecordBatch, out: &mut Collector) -> ComponentResult {
+        self.rows += batch.num_rows() as u64;
+        out.emit(batch.clone());
+        Ok(())
+    }
+    fn snapshot(&mut self) -> ComponentResult<Option<Vec<u8>>> {
+        crate::state::snapshot(&self.rows)
+    }
+    fn restore(&mut self, state: &[u8]) -> ComponentResult {
+        self.rows = crate::state::restore(state)?;
+        self.restored
+            .lock()
+            .unwrap()
+            .push((self.id.clone(), self.rows));
+        Ok(())
+    }
+}
+
+fn counting_registry(restored: &Arc<Mutex<Vec<(String, u64)>>>) -> Harness {
+    let mut h = harness();
+    let restored = restored.clone();
+    h.registry.add_operator("count", move |ctx| {
+        #[derive(serde::Deserialize)]
+        struct Settings {
+            #[serde(default)]
+            #[allow(dead_code)]
+            label: String,
+        }
+        let _: Settings = ctx.spec.settings()?;
+        Ok(BuiltOperator {
+            operator: Box::new(Counter {
+                rows: 0,
+                restored: restored.clone(),
+                id: ctx.spec.id.clone(),
+            }),
+            outputs: vec![OutputPort::default_port(ctx.input_schema()?)],
+        })
+    });
+    h
+}
+
+async fn run_with_checkpoint(h: &Harness, text: &str) -> RunReport {
+    let pipeline = built(h, text);
+    let stop = CancellationToken::new();
+    let (mut handle, run) = pipeline.start(stop.clone());
+    let task = tokio::spawn(run);
+    let completed = handle.checkpoint().await.expect("a checkpoint completes");
+    assert!(completed > 0);
+    stop.cancel();
+    task.await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn state_is_restored_into_unchanged_operators_and_dropped_for_changed_ones() {
+    let dir = std::env::temp_dir().join(format!(
+        "runtime-restore-{}-{}",
+        std::process::id(),
+        crate::time::now_micros()
+    ));
+    let config = |label: &str| {
+        format!(
+            r#"
+[runtime]
+checkpoint_interval = "1h"
+checkpoint_dir = "{}"
+[sources.in]
+type = "test"
+batches = 3
+rows = 5
+linger = true
+[operators.kept]
+type = "count"
+inputs = ["in"]
+[operators.changed]
+type = "count"
+inputs = ["kept"]
+label = "{label}"
+[sinks.out]
+type = "collect"
+inputs = ["changed"]
+"#,
+            dir.display()
+        )
+    };
+    let restored: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let h = counting_registry(&restored);
+    let first = run_with_checkpoint(&h, &config("one")).await;
+    assert_eq!(first.checkpoints.restored, 0);
+    assert!(
+        restored.lock().unwrap().is_empty(),
+        "nothing to restore at first"
+    );
+
+    // Same config: both counters continue from 15 rows.
+    let second = run_with_checkpoint(&h, &config("one")).await;
+    assert!(second.checkpoints.restored > 0);
+    let mut got = restored.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(got, vec![("changed".into(), 15), ("kept".into(), 15)]);
+
+    // `changed` has new settings: its state is dropped, `kept` continues from 30.
+    restored.lock().unwrap().clear();
+    let third = run_with_checkpoint(&h, &config("two")).await;
+    assert!(third.checkpoints.restored > second.checkpoints.restored);
+    assert_eq!(*restored.lock().unwrap(), vec![("kept".to_string(), 30)]);
+
+    // The newest checkpoint is damaged (a flipped byte): the one before it is restored.
+    let newest = dir
+        .join("main")
+        .join(format!("chk-{:020}", newest_checkpoint(&dir)))
+        .join("kept.state");
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&newest, bytes).unwrap();
+    restored.lock().unwrap().clear();
+    let fourth = run_with_checkpoint(&h, &config("two")).await;
+    assert_eq!(fourth.checkpoints.restored, third.checkpoints.restored);
+    assert_eq!(*restored.lock().unwrap(), vec![("kept".to_string(), 30)]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The id of the newest checkpoint directory.
+fn newest_checkpoint(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir.join("main"))
+        .unwrap()
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_prefix("chk-")?
+                .parse()
+                .ok()
+        })
+        .max()
+        .unwrap()
+}

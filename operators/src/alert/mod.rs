@@ -419,7 +419,80 @@ fn notification(
     }
 }
 
+/// What a checkpoint keeps: the rules in force and every key's trackers, one per rule.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AlertSnapshot {
+    rules: Vec<RuleConfig>,
+    sequence: u64,
+    keys: Vec<SavedKey>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedKey {
+    key: String,
+    labels: Vec<(String, String)>,
+    last_seen: i64,
+    touched: u64,
+    trackers: Vec<Tracker>,
+}
+
 impl Operator for AlertOperator {
+    fn snapshot(&mut self) -> ComponentResult<Option<Vec<u8>>> {
+        let mut keys: Vec<SavedKey> = self
+            .keys
+            .iter()
+            .map(|(key, entry)| SavedKey {
+                key: key.clone(),
+                labels: entry.labels.clone(),
+                last_seen: entry.last_seen,
+                touched: entry.touched,
+                trackers: entry.trackers.clone(),
+            })
+            .collect();
+        keys.sort_by(|a, b| a.key.cmp(&b.key));
+        let state = AlertSnapshot {
+            rules: self.configs.clone(),
+            sequence: self.sequence,
+            keys,
+        };
+        engine::state::snapshot(&state)
+    }
+
+    /// Trackers follow their rule: a rule that is still configured identically gets its
+    /// trackers back, a new or changed rule starts inactive.
+    fn restore(&mut self, state: &[u8]) -> ComponentResult {
+        let state: AlertSnapshot = engine::state::restore(state)?;
+        let from: Vec<Option<usize>> = self
+            .configs
+            .iter()
+            .map(|rule| state.rules.iter().position(|saved| saved == rule))
+            .collect();
+        self.sequence = state.sequence;
+        self.keys = state
+            .keys
+            .into_iter()
+            .map(|saved| {
+                let trackers = from
+                    .iter()
+                    .map(|i| {
+                        i.and_then(|i| saved.trackers.get(i).cloned())
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                (
+                    saved.key,
+                    KeyAlerts {
+                        labels: saved.labels,
+                        last_seen: saved.last_seen,
+                        touched: saved.touched,
+                        trackers,
+                    },
+                )
+            })
+            .collect();
+        Ok(())
+    }
+
     fn process(
         &mut self,
         _input: usize,

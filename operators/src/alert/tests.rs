@@ -416,3 +416,35 @@ fn a_rule_handle_refuses_a_rule_that_does_not_compile() {
     handle.replace(vec![good.clone()]).expect("accepted");
     assert_eq!((handle.version(), handle.rules()), (1, vec![good]));
 }
+
+#[test]
+fn a_restored_alert_operator_continues_its_alerts_without_repeating_them() {
+    let p99 = [200.0, 1500.0, 1600.0, 1700.5, 1800.0, 300.0, 250.0];
+    let rows: Vec<Row> = p99
+        .iter()
+        .enumerate()
+        .map(|(m, &v)| row(m as i64, "gpt-4o", v))
+        .collect();
+    let mut whole = operator(LATENCY_RULE);
+    let expected = whole.evaluate(&batch(&rows)).expect("evaluates");
+
+    let mut before = operator(LATENCY_RULE);
+    let mut got = before.evaluate(&batch(&rows[..3])).expect("evaluates");
+    let state = before.snapshot().unwrap().expect("alert state");
+    let mut after = operator(LATENCY_RULE);
+    after.restore(&state).unwrap();
+    got.extend(after.evaluate(&batch(&rows[3..])).expect("evaluates"));
+    let ids = |n: &[AlertNotification]| {
+        n.iter()
+            .map(|n| n.notification_id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&got), ids(&expected));
+    assert_eq!(states(&got), states(&expected));
+
+    // A changed rule starts inactive: the pending alert is not carried into it.
+    let changed = LATENCY_RULE.replace("for = \"2m\"", "for = \"3m\"");
+    let mut other = operator(&changed);
+    other.restore(&state).unwrap();
+    assert_eq!(other.active_count(), 0);
+}

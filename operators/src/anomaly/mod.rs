@@ -308,7 +308,51 @@ impl AnomalyOperator {
     }
 }
 
+/// What a checkpoint keeps: each key's detector states, in detector order.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AnomalyState {
+    sequence: u64,
+    /// (key, last seen sequence, one state per detector).
+    keys: Vec<(String, u64, Vec<DetectorState>)>,
+}
+
 impl Operator for AnomalyOperator {
+    fn snapshot(&mut self) -> ComponentResult<Option<Vec<u8>>> {
+        let mut keys: Vec<(String, u64, Vec<DetectorState>)> = self
+            .keys
+            .iter()
+            .map(|(key, entry)| (key.clone(), entry.last_seen, entry.states.clone()))
+            .collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        let state = AnomalyState {
+            sequence: self.sequence,
+            keys,
+        };
+        engine::state::snapshot(&state)
+    }
+
+    fn restore(&mut self, state: &[u8]) -> ComponentResult {
+        let state: AnomalyState = engine::state::restore(state)?;
+        if let Some((key, _, states)) = state
+            .keys
+            .iter()
+            .find(|(_, _, states)| states.len() != self.detectors.len())
+        {
+            return Err(ComponentError::other(format!(
+                "key {key:?} has {} saved detector states; the operator has {} detectors",
+                states.len(),
+                self.detectors.len()
+            )));
+        }
+        self.sequence = state.sequence;
+        self.keys = state
+            .keys
+            .into_iter()
+            .map(|(key, last_seen, states)| (key, KeyEntry { states, last_seen }))
+            .collect();
+        Ok(())
+    }
+
     fn process(
         &mut self,
         _input: usize,

@@ -1,10 +1,11 @@
 //! The running aggregate of one pane and key: counts, latency statistics, DDSketches for
 //! latency and TTFT, token sums. Mergeable, so hopping windows combine their panes exactly
-//! as sketches allow, and instances can combine per-key results.
+//! as sketches allow, and instances can combine per-key results. Serialisable for checkpoints.
 
+use serde::{Deserialize, Serialize};
 use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
-#[derive(Clone)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Aggregate {
     pub count: u64,
     pub errors: u64,

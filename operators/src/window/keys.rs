@@ -35,6 +35,46 @@ impl KeyInterner {
         &self.values[id as usize]
     }
 
+    /// Every key's values, in id order (for checkpoints).
+    pub fn all_values(&self) -> impl Iterator<Item = &[Option<Box<str>>]> {
+        self.values.iter().map(|v| &v[..])
+    }
+
+    /// Rebuilds an interner whose ids are the positions of `keys` (from `all_values`).
+    pub fn from_values(keys: Vec<Vec<Option<String>>>) -> Self {
+        let mut interner = Self::default();
+        for key in keys {
+            let values: Box<[Option<Box<str>>]> = key
+                .into_iter()
+                .map(|v| v.map(String::into_boxed_str))
+                .collect();
+            let hash = interner.hash_values(values.iter().map(|v| v.as_deref()));
+            let id = interner.values.len() as KeyId;
+            interner.values.push(values);
+            interner.hashes.push(hash);
+            let hashes = &interner.hashes;
+            interner
+                .table
+                .insert_unique(hash, id, |&other| hashes[other as usize]);
+        }
+        interner
+    }
+
+    fn hash_values<'v>(&self, values: impl Iterator<Item = Option<&'v str>>) -> u64 {
+        let mut hasher = self.state.build_hasher();
+        for value in values {
+            match value {
+                Some(value) => {
+                    hasher.write_u8(1);
+                    hasher.write(value.as_bytes());
+                    hasher.write_u8(0xff);
+                }
+                None => hasher.write_u8(0),
+            }
+        }
+        hasher.finish()
+    }
+
     /// Appends the key id of each of `rows` rows to `ids`.
     pub fn intern_rows(&mut self, columns: &[&StringArray], rows: usize, ids: &mut Vec<KeyId>) {
         ids.clear();
@@ -46,18 +86,7 @@ impl KeyInterner {
 
     #[inline]
     fn intern_row(&mut self, columns: &[&StringArray], row: usize) -> KeyId {
-        let mut hasher = self.state.build_hasher();
-        for column in columns {
-            match row_value(column, row) {
-                Some(value) => {
-                    hasher.write_u8(1);
-                    hasher.write(value.as_bytes());
-                    hasher.write_u8(0xff);
-                }
-                None => hasher.write_u8(0),
-            }
-        }
-        let hash = hasher.finish();
+        let hash = self.hash_values(columns.iter().map(|column| row_value(column, row)));
         let values = &self.values;
         let found = self.table.find(hash, |&id| {
             values[id as usize]
@@ -107,5 +136,14 @@ mod tests {
         interner.intern_rows(&[&models, &endpoints], 2, &mut ids);
         assert_eq!(ids, vec![0, 1]);
         assert_eq!(interner.len(), 4);
+        // Rebuilt from its values (as a checkpoint does), it gives the same ids.
+        let saved: Vec<Vec<Option<String>>> = interner
+            .all_values()
+            .map(|key| key.iter().map(|v| v.as_deref().map(String::from)).collect())
+            .collect();
+        let mut rebuilt = KeyInterner::from_values(saved);
+        rebuilt.intern_rows(&[&models, &endpoints], 5, &mut ids);
+        assert_eq!(ids, vec![0, 1, 0, 2, 3]);
+        assert_eq!(rebuilt.len(), 4);
     }
 }

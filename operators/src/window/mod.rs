@@ -5,8 +5,11 @@
 //! Time: the watermark is the largest event time seen minus `out_of_orderness`, advanced per
 //! row (so results do not depend on how rows were batched), by in-band watermarks from
 //! upstream, and by the wall clock when the stream has been idle for `idle_timeout`. A window
-//! fires when the watermark passes its end. A late row whose window is still within
-//! `allowed_lateness` updates the window, which is emitted again with `revision` + 1. A row
+//! fires when the watermark passes its end — checked after every row that advances it, so
+//! results do not depend on batching. A late row whose window is still within
+//! `allowed_lateness` updates the window, which is emitted again with `revision` + 1 when the
+//! watermark next reaches a pane boundary, or the window's end + lateness if that comes first
+//! (late rows until then share one revision). A row
 //! later than that is counted (`late` metric) and sent to the `late` output, never dropped
 //! silently. Hopping windows are built from panes of `slide`, so each row updates one pane.
 
@@ -81,6 +84,16 @@ pub struct Window {
     max_event_time: i64,
     last_arrival_wall: Option<i64>,
     key_ids: Vec<KeyId>,
+}
+
+/// The first point of the form `k * pane + offset` after `after` (`i64::MIN` before any).
+fn next_point(after: i64, pane: i64, offset: i64) -> i64 {
+    if after == i64::MIN {
+        return i64::MIN;
+    }
+    ((after.saturating_sub(offset)).div_euclid(pane) + 1)
+        .saturating_mul(pane)
+        .saturating_add(offset)
 }
 
 fn typed_column<T: 'static>(batch: &RecordBatch, index: usize) -> ComponentResult<&T> {
@@ -220,7 +233,17 @@ impl Window {
         self.panes.len()
     }
 
-    fn add_rows(&mut self, batch: &RecordBatch) -> ComponentResult<Option<BooleanArray>> {
+    /// Adds rows `from..` of `batch` (whose key ids are in `self.key_ids`), marking rows too
+    /// late in `too_late`. Stops after the row that moves the watermark past the end of the
+    /// next window to fire and returns the index of the row after it, so that windows fire at
+    /// the same row whatever the batching (and results, revisions included, are the same for
+    /// the same row sequence); `None` when every row was added.
+    fn add_rows(
+        &mut self,
+        batch: &RecordBatch,
+        from: usize,
+        too_late: &mut Option<Vec<bool>>,
+    ) -> ComponentResult<Option<usize>> {
         let rows = batch.num_rows();
         let times: &TimestampMicrosecondArray = typed_column(batch, self.columns.time)?;
         let latency: &Float64Array = typed_column(batch, self.columns.latency)?;
@@ -240,15 +263,16 @@ impl Window {
             .output_tokens
             .map(|i| typed_column(batch, i))
             .transpose()?;
-        let key_columns: Vec<&StringArray> = self
-            .columns
-            .keys
-            .iter()
-            .map(|&i| typed_column(batch, i))
-            .collect::<ComponentResult<_>>()?;
-        let mut key_ids = std::mem::take(&mut self.key_ids);
-        self.keys.intern_rows(&key_columns, rows, &mut key_ids);
+        let key_ids = std::mem::take(&mut self.key_ids);
         let key_count = self.keys.len();
+        // Windows fire at pane boundaries and expire at pane boundaries + lateness: stop at
+        // the first of either after `fired_to`.
+        let fire_at = next_point(self.fired_to, self.pane, 0).min(next_point(
+            self.fired_to,
+            self.pane,
+            self.lateness.rem_euclid(self.pane),
+        ));
+        let mut stopped_at = None;
 
         let (size, pane_len, lateness) = (self.size, self.pane, self.lateness);
         let mut watermark = self.watermark;
@@ -256,10 +280,9 @@ impl Window {
         let fired_to = self.fired_to;
         let sketch = self.sketch;
         let errors = &self.error_outcomes;
-        let mut too_late: Option<Vec<bool>> = None;
         let mut late_count = 0u64;
         let mut current: Option<(i64, &mut Vec<Option<Aggregate>>)> = None;
-        for (row, &key) in key_ids.iter().enumerate() {
+        for (row, &key) in key_ids.iter().enumerate().skip(from) {
             if times.is_null(row) || latency.is_null(row) {
                 too_late.get_or_insert_with(|| vec![false; rows])[row] = true;
                 late_count += 1;
@@ -314,6 +337,10 @@ impl Window {
             if time > max_time {
                 max_time = time;
                 watermark = watermark.max(time - self.out_of_orderness);
+                if watermark >= fire_at && row + 1 < rows {
+                    stopped_at = Some(row + 1);
+                    break;
+                }
             }
         }
         self.key_ids = key_ids;
@@ -322,7 +349,22 @@ impl Window {
         if late_count > 0 {
             self.metrics.add_late(late_count);
         }
-        Ok(too_late.map(BooleanArray::from))
+        Ok(stopped_at)
+    }
+
+    /// Interns the key of every row of `batch` into `self.key_ids`.
+    fn intern_keys(&mut self, batch: &RecordBatch) -> ComponentResult {
+        let key_columns: Vec<&StringArray> = self
+            .columns
+            .keys
+            .iter()
+            .map(|&i| typed_column(batch, i))
+            .collect::<ComponentResult<_>>()?;
+        let mut key_ids = std::mem::take(&mut self.key_ids);
+        self.keys
+            .intern_rows(&key_columns, batch.num_rows(), &mut key_ids);
+        self.key_ids = key_ids;
+        Ok(())
     }
 
     /// The starts of every window containing `pane`.
@@ -363,8 +405,28 @@ impl Window {
     /// and forwards the watermark.
     fn advance(&mut self, out: &mut Collector) -> ComponentResult {
         let mut rows: Vec<(i64, KeyId, Aggregate)> = Vec::new();
-        // Windows already fired that late rows changed.
-        for (start, key) in std::mem::take(&mut self.dirty) {
+        // Windows already fired that late rows changed are emitted again when the watermark
+        // reaches the next pane boundary (where windows fire), so that revisions, like
+        // firings, happen at the same rows whatever the batching.
+        // A window about to expire is emitted now, before its panes are freed.
+        let boundary_reached =
+            self.watermark == i64::MAX || next_point(self.fired_to, self.pane, 0) <= self.watermark;
+        let (size, lateness, watermark) = (self.size, self.lateness, self.watermark);
+        let due: Vec<(i64, KeyId)> = if boundary_reached {
+            std::mem::take(&mut self.dirty).into_iter().collect()
+        } else {
+            let due: Vec<(i64, KeyId)> = self
+                .dirty
+                .iter()
+                .filter(|(start, _)| start + size + lateness <= watermark)
+                .copied()
+                .collect();
+            for window in &due {
+                self.dirty.remove(window);
+            }
+            due
+        };
+        for (start, key) in due {
             if let Some(aggregate) = self.window_aggregate(start, key) {
                 rows.push((start, key, aggregate));
             }
@@ -430,7 +492,95 @@ impl Window {
     }
 }
 
+/// What a checkpoint keeps of a window: every open pane with its aggregates, the keys they
+/// refer to, emitted revisions, and the event-time position.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WindowState {
+    keys: Vec<Vec<Option<String>>>,
+    panes: Vec<(i64, Vec<(KeyId, Aggregate)>)>,
+    revisions: Vec<(i64, KeyId, u32)>,
+    dirty: Vec<(i64, KeyId)>,
+    watermark: i64,
+    fired_to: i64,
+    emitted_watermark: i64,
+    max_event_time: i64,
+}
+
 impl Operator for Window {
+    fn snapshot(&mut self) -> ComponentResult<Option<Vec<u8>>> {
+        let state = WindowState {
+            keys: self
+                .keys
+                .all_values()
+                .map(|key| key.iter().map(|v| v.as_deref().map(String::from)).collect())
+                .collect(),
+            panes: self
+                .panes
+                .iter()
+                .map(|(&start, slots)| {
+                    let aggregates = slots
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(key, a)| Some((key as KeyId, a.clone()?)))
+                        .collect();
+                    (start, aggregates)
+                })
+                .collect(),
+            revisions: self
+                .revisions
+                .iter()
+                .map(|(&(start, key), &revision)| (start, key, revision))
+                .collect(),
+            dirty: self.dirty.iter().copied().collect(),
+            watermark: self.watermark,
+            fired_to: self.fired_to,
+            emitted_watermark: self.emitted_watermark,
+            max_event_time: self.max_event_time,
+        };
+        engine::state::snapshot(&state)
+    }
+
+    fn restore(&mut self, state: &[u8]) -> ComponentResult {
+        let state: WindowState = engine::state::restore(state)?;
+        let key_count = state.keys.len();
+        if let Some(key) = state
+            .keys
+            .iter()
+            .find(|k| k.len() != self.columns.keys.len())
+        {
+            return Err(ComponentError::other(format!(
+                "saved keys have {} fields; this window keys by {}",
+                key.len(),
+                self.columns.keys.len()
+            )));
+        }
+        let mut panes = BTreeMap::new();
+        for (start, aggregates) in state.panes {
+            let mut slots: Vec<Option<Aggregate>> = vec![None; key_count];
+            for (key, aggregate) in aggregates {
+                let slot = slots.get_mut(key as usize).ok_or_else(|| {
+                    ComponentError::other(format!("saved pane refers to unknown key {key}"))
+                })?;
+                *slot = Some(aggregate);
+            }
+            panes.insert(start, slots);
+        }
+        self.keys = KeyInterner::from_values(state.keys);
+        self.panes = panes;
+        self.revisions = state
+            .revisions
+            .into_iter()
+            .map(|(start, key, revision)| ((start, key), revision))
+            .collect();
+        self.dirty = state.dirty.into_iter().collect();
+        self.watermark = state.watermark;
+        self.fired_to = state.fired_to;
+        self.emitted_watermark = state.emitted_watermark;
+        self.max_event_time = state.max_event_time;
+        self.last_arrival_wall = None;
+        Ok(())
+    }
+
     fn process(
         &mut self,
         _input: usize,
@@ -441,10 +591,21 @@ impl Operator for Window {
             return Ok(());
         }
         self.last_arrival_wall = Some(engine::time::now_micros());
-        if let Some(mask) = self.add_rows(batch)? {
-            out.emit_to(LATE_PORT, filter_record_batch(batch, &mask)?);
+        self.intern_keys(batch)?;
+        let mut too_late = None;
+        let mut from = 0;
+        while let Some(next) = self.add_rows(batch, from, &mut too_late)? {
+            self.advance(out)?;
+            from = next;
         }
-        self.advance(out)
+        self.advance(out)?;
+        if let Some(mask) = too_late {
+            out.emit_to(
+                LATE_PORT,
+                filter_record_batch(batch, &BooleanArray::from(mask))?,
+            );
+        }
+        Ok(())
     }
 
     fn on_watermark(&mut self, watermark: Watermark, out: &mut Collector) -> ComponentResult {

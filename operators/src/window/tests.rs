@@ -204,13 +204,15 @@ fn out_of_order_late_and_too_late_rows_land_where_the_rules_say() {
     let (windows, _) = run(&mut w, vec![vec![call(13.0, "a", 1.0, Outcome::Ok)]], false);
     assert_eq!(rows(&windows)[0].count, 2);
     assert_eq!(rows(&windows)[0].revision, 0);
-    // Late but within lateness (watermark 11 s < 10 s + 5 s): updates and re-emits the window.
+    // Late but within lateness (watermark 11 s < 10 s + 5 s): updates the window, which is
+    // emitted again when the watermark reaches a boundary: 15 s, its end + lateness.
     let (windows, late) = run(&mut w, vec![vec![call(5.0, "a", 1.0, Outcome::Ok)]], false);
-    assert!(late.is_empty());
+    assert!(late.is_empty() && windows.is_empty());
+    // 17 s: watermark 15 s = 10 s + 5 s: window [0, 10) is re-emitted and final; a row for it
+    // is too late.
+    let (windows, _) = run(&mut w, vec![vec![call(17.0, "a", 1.0, Outcome::Ok)]], false);
     let got = rows(&windows);
     assert_eq!((got[0].start, got[0].count, got[0].revision), (0, 3, 1));
-    // 17 s: watermark 15 s = 10 s + 5 s: window [0, 10) is final; a row for it is too late.
-    let (_, _) = run(&mut w, vec![vec![call(17.0, "a", 1.0, Outcome::Ok)]], false);
     let (windows, late) = run(
         &mut w,
         vec![vec![
@@ -367,4 +369,78 @@ fn type_mismatches_name_the_problem() {
     let config: WindowConfig =
         toml::from_str("kind = \"hopping\"\nsize = \"1m\"\nslide = \"7s\"").unwrap();
     assert_eq!(config.check().unwrap_err().0, "slide");
+}
+
+#[test]
+fn a_window_restored_from_a_snapshot_continues_exactly_as_an_uninterrupted_one() {
+    let settings =
+        "size = \"10s\"\nout_of_orderness = \"2s\"\nallowed_lateness = \"5s\"\nkey = [\"model\"]";
+    let calls: Vec<ApiCall> = (0..300)
+        .map(|i| {
+            // Out of order by up to 3 s, some late rows, two keys.
+            let t = i as f64 * 0.1 - (i % 7) as f64 * 0.5;
+            let model = if i % 3 == 0 { "a" } else { "b" };
+            let outcome = if i % 11 == 0 {
+                Outcome::ServerError
+            } else {
+                Outcome::Ok
+            };
+            call(t.max(0.0), model, 10.0 + (i * 37 % 500) as f64, outcome)
+        })
+        .collect();
+    let batches: Vec<Vec<ApiCall>> = calls.chunks(17).map(|c| c.to_vec()).collect();
+    let mut whole = window(settings);
+    let (expected, expected_late) = run(&mut whole, batches.clone(), true);
+
+    let (first, second) = batches.split_at(9);
+    let mut before = window(settings);
+    let (mut got, mut got_late) = run(&mut before, first.to_vec(), false);
+    let state = before.snapshot().unwrap().expect("a window has state");
+    drop(before);
+    let mut after = window(settings);
+    after.restore(&state).unwrap();
+    let (rest, rest_late) = run(&mut after, second.to_vec(), true);
+    got.extend(rest);
+    got_late.extend(rest_late);
+    assert_eq!(rows(&got), rows(&expected));
+    let late_rows = |b: &[RecordBatch]| b.iter().map(|b| b.num_rows()).sum::<usize>();
+    assert_eq!(late_rows(&got_late), late_rows(&expected_late));
+    assert!(!rows(&expected).is_empty());
+
+    // State from a window keyed differently does not fit.
+    let mut other = window("size = \"10s\"\nkey = [\"model\", \"endpoint\"]");
+    assert!(other.restore(&state).is_err());
+}
+
+#[test]
+fn revisions_do_not_depend_on_how_rows_were_batched() {
+    let settings =
+        "size = \"10s\"\nout_of_orderness = \"500ms\"\nallowed_lateness = \"5s\"\nkey = [\"model\"]";
+    let calls: Vec<ApiCall> = (0..2_000)
+        .map(|j: i64| {
+            let disorder = (j * 2_654_435_761) % 61;
+            let t = (j * 50 - disorder * 50) as f64 / 1000.0;
+            call(
+                t.max(0.0),
+                ["a", "b"][(j % 2) as usize],
+                10.0 + (j % 97) as f64,
+                Outcome::Ok,
+            )
+        })
+        .collect();
+    let mut reference: Option<Vec<Row>> = None;
+    for batch_size in [1, 7, 100, 2_000] {
+        let mut w = window(settings);
+        let batches = calls.chunks(batch_size).map(|c| c.to_vec()).collect();
+        let (windows, _) = run(&mut w, batches, true);
+        let got = rows(&windows);
+        assert!(
+            got.iter().any(|r| r.revision > 0),
+            "late rows revise windows"
+        );
+        match &reference {
+            None => reference = Some(got),
+            Some(expected) => assert_eq!(&got, expected, "batches of {batch_size}"),
+        }
+    }
 }

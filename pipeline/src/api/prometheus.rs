@@ -117,6 +117,21 @@ pub fn render(state: &AppState) -> String {
         "gauge",
         "From barrier injection to the last acknowledgement, of the newest checkpoint.",
     );
+    let mut checkpoints_failed = Family::new(
+        "pipeline_checkpoints_failed_total",
+        "counter",
+        "Checkpoints abandoned because a state or the manifest could not be written.",
+    );
+    let mut checkpoint_state = Family::new(
+        "pipeline_checkpoint_state_bytes",
+        "gauge",
+        "Bytes of operator and source state in the newest checkpoint.",
+    );
+    let mut checkpoint_restored = Family::new(
+        "pipeline_checkpoint_restored",
+        "gauge",
+        "The checkpoint restored at start (0: none).",
+    );
     let now_micros = chrono::Utc::now().timestamp_micros();
     for pipeline in &state.pipelines {
         let running = pipeline.run_state() == super::state::RunState::Running;
@@ -131,9 +146,19 @@ pub fn render(state: &AppState) -> String {
             .samples
             .push((label.clone(), live.completed.load(Ordering::Relaxed) as f64));
         checkpoint_duration.samples.push((
-            label,
+            label.clone(),
             live.last_duration_micros.load(Ordering::Relaxed) as f64 / 1e6,
         ));
+        checkpoints_failed
+            .samples
+            .push((label.clone(), live.failed.load(Ordering::Relaxed) as f64));
+        checkpoint_state.samples.push((
+            label.clone(),
+            live.last_state_bytes.load(Ordering::Relaxed) as f64,
+        ));
+        checkpoint_restored
+            .samples
+            .push((label, live.restored.load(Ordering::Relaxed) as f64));
         for report in pipeline.metrics.report() {
             let labels = format!(
                 "pipeline=\"{}\",component=\"{}\",kind=\"{}\",type=\"{}\"",
@@ -169,7 +194,10 @@ pub fn render(state: &AppState) -> String {
         &up,
         &checkpoints_started,
         &checkpoints_completed,
+        &checkpoints_failed,
         &checkpoint_duration,
+        &checkpoint_state,
+        &checkpoint_restored,
         &received,
         &sent,
         &errors,

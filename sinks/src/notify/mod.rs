@@ -245,13 +245,17 @@ impl<T: Transport> Sink for NotifySink<T> {
             let queue = guard
                 .as_mut()
                 .ok_or_else(|| ComponentError::other("the notification queue is not open"))?;
-            let dropped = queue.push(items).map_err(ComponentError::other)?;
+            let pushed = queue.push(items).map_err(ComponentError::other)?;
             self.shared
                 .metrics
                 .queue_depth
                 .store(queue.len() as i64, Ordering::Relaxed);
-            dropped
+            pushed
         };
+        if dropped.duplicates > 0 {
+            tracing::info!(receiver = %self.receiver, duplicates = dropped.duplicates, "notifications already sent (replayed after a restore) were not queued again");
+        }
+        let dropped = dropped.dropped;
         for entry in &dropped {
             tracing::error!(receiver = %self.receiver, notification_id = %entry.notification_id, "notification queue full: dropped the oldest undelivered notification");
         }

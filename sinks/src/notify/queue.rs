@@ -4,8 +4,12 @@
 //! that is down for minutes, or a pipeline restart, loses nothing. The file is rewritten
 //! without delivered entries once they make up most of it. The queue is bounded: when full,
 //! the oldest undelivered entry is dropped and counted.
+//!
+//! The ids of the newest `RECENT_IDS` notifications accepted are kept in a second file, so a
+//! notification produced again — by the replay after a crash restored an earlier checkpoint
+//! — is recognised and not queued twice: each state change reaches the receiver once.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -49,10 +53,27 @@ pub struct DurableQueue {
     /// Entries in the log file (delivered or not).
     logged: u64,
     capacity: usize,
+    /// Ids of recently accepted notifications, oldest first, mirrored in `RECENT`.
+    recent: VecDeque<String>,
+    recent_set: HashSet<String>,
+    recent_file: File,
+    recent_logged: usize,
 }
 
 const LOG: &str = "queue.jsonl";
 const CURSOR: &str = "delivered";
+const RECENT: &str = "recent_ids";
+/// How many accepted notification ids are remembered to recognise a replayed one.
+const RECENT_IDS: usize = 10_000;
+
+/// What `push` did.
+#[derive(Debug, Default)]
+pub struct Pushed {
+    /// Undelivered entries dropped to stay within the capacity (oldest first).
+    pub dropped: Vec<Entry>,
+    /// Notifications not queued because one with the same id already was.
+    pub duplicates: usize,
+}
 
 impl DurableQueue {
     /// Opens (or creates) the queue in `dir`, holding at most `capacity` undelivered entries.
@@ -92,6 +113,35 @@ impl DurableQueue {
             .append(true)
             .open(&log_path)
             .map_err(io_error(&log_path))?;
+        let recent_path = dir.join(RECENT);
+        let mut recent = VecDeque::new();
+        match fs::read_to_string(&recent_path) {
+            // A torn last line is an id that was never accepted (its push did not return).
+            Ok(text) if text.ends_with('\n') || text.is_empty() => {
+                recent.extend(text.lines().map(String::from))
+            }
+            Ok(text) => {
+                let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+                recent.extend(complete.lines().map(String::from));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(&recent_path)(e)),
+        }
+        while recent.len() > RECENT_IDS {
+            recent.pop_front();
+        }
+        let mut recent_set: HashSet<String> = recent.iter().cloned().collect();
+        // An entry logged by a push that died before remembering its id is known too.
+        for entry in &pending {
+            if recent_set.insert(entry.notification_id.clone()) {
+                recent.push_back(entry.notification_id.clone());
+            }
+        }
+        let recent_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&recent_path)
+            .map_err(io_error(&recent_path))?;
         let mut queue = Self {
             dir: dir.to_path_buf(),
             log,
@@ -99,7 +149,13 @@ impl DurableQueue {
             next_sequence: last_sequence + 1,
             logged,
             capacity: capacity.max(1),
+            recent_logged: recent.len(),
+            recent,
+            recent_set,
+            recent_file,
         };
+        // Rewrite the id file so that it ends on a whole line.
+        queue.compact_recent()?;
         while queue.pending.len() > queue.capacity {
             queue.pending.pop_front();
         }
@@ -122,11 +178,25 @@ impl DurableQueue {
         self.pending.front()
     }
 
-    /// Appends entries and syncs them to disk. Returns the entries dropped to stay within the
-    /// capacity (oldest first).
-    pub fn push(&mut self, items: Vec<(String, String, String)>) -> Result<Vec<Entry>, QueueError> {
+    /// Appends entries and syncs them to disk, skipping notifications already accepted.
+    pub fn push(&mut self, items: Vec<(String, String, String)>) -> Result<Pushed, QueueError> {
+        let before = items.len();
+        let mut seen_now = HashSet::new();
+        let items: Vec<_> = items
+            .into_iter()
+            .filter(|(id, _, _)| !self.recent_set.contains(id) && seen_now.insert(id.clone()))
+            .collect();
+        let duplicates = before - items.len();
         if items.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Pushed {
+                dropped: Vec::new(),
+                duplicates,
+            });
+        }
+        let mut ids = String::new();
+        for (id, _, _) in &items {
+            ids.push_str(id);
+            ids.push('\n');
         }
         let mut text = String::new();
         for (notification_id, alert_id, body) in items {
@@ -148,6 +218,7 @@ impl DurableQueue {
             .write_all(text.as_bytes())
             .map_err(io_error(&path))?;
         self.log.sync_data().map_err(io_error(&path))?;
+        self.remember(&ids)?;
         let mut dropped = Vec::new();
         while self.pending.len() > self.capacity {
             if let Some(entry) = self.pending.pop_front() {
@@ -157,7 +228,46 @@ impl DurableQueue {
         if let (Some(last), false) = (dropped.last(), dropped.is_empty()) {
             self.write_cursor(last.sequence)?;
         }
-        Ok(dropped)
+        Ok(Pushed {
+            dropped,
+            duplicates,
+        })
+    }
+
+    /// Records accepted ids (newline-terminated) so that a replay of them is recognised.
+    fn remember(&mut self, ids: &str) -> Result<(), QueueError> {
+        let path = self.dir.join(RECENT);
+        self.recent_file
+            .write_all(ids.as_bytes())
+            .map_err(io_error(&path))?;
+        self.recent_file.sync_data().map_err(io_error(&path))?;
+        for id in ids.lines() {
+            self.recent.push_back(id.to_string());
+            self.recent_set.insert(id.to_string());
+            self.recent_logged += 1;
+        }
+        while self.recent.len() > RECENT_IDS {
+            if let Some(old) = self.recent.pop_front() {
+                self.recent_set.remove(&old);
+            }
+        }
+        if self.recent_logged > 2 * RECENT_IDS {
+            self.compact_recent()?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the id file with only the remembered ids.
+    fn compact_recent(&mut self) -> Result<(), QueueError> {
+        let mut text = String::new();
+        for id in &self.recent {
+            text.push_str(id);
+            text.push('\n');
+        }
+        replace_file(&self.dir, RECENT, &text)?;
+        self.recent_file = open_append(&self.dir.join(RECENT))?;
+        self.recent_logged = self.recent.len();
+        Ok(())
     }
 
     /// Marks the front entry delivered (or abandoned).
@@ -173,36 +283,39 @@ impl DurableQueue {
     }
 
     fn write_cursor(&self, sequence: u64) -> Result<(), QueueError> {
-        let path = self.dir.join(CURSOR);
-        let temporary = self.dir.join("delivered.tmp");
-        let mut file = File::create(&temporary).map_err(io_error(&temporary))?;
-        file.write_all(sequence.to_string().as_bytes())
-            .map_err(io_error(&temporary))?;
-        file.sync_data().map_err(io_error(&temporary))?;
-        fs::rename(&temporary, &path).map_err(io_error(&path))
+        replace_file(&self.dir, CURSOR, &sequence.to_string())
     }
 
     /// Rewrites the log with only the pending entries.
     fn compact(&mut self) -> Result<(), QueueError> {
-        let path = self.dir.join(LOG);
-        let temporary = self.dir.join("queue.jsonl.tmp");
         let mut text = String::new();
         for entry in &self.pending {
             text.push_str(&serde_json::to_string(entry).unwrap_or_default());
             text.push('\n');
         }
-        let mut file = File::create(&temporary).map_err(io_error(&temporary))?;
-        file.write_all(text.as_bytes())
-            .map_err(io_error(&temporary))?;
-        file.sync_data().map_err(io_error(&temporary))?;
-        fs::rename(&temporary, &path).map_err(io_error(&path))?;
-        self.log = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(io_error(&path))?;
+        replace_file(&self.dir, LOG, &text)?;
+        self.log = open_append(&self.dir.join(LOG))?;
         self.logged = self.pending.len() as u64;
         Ok(())
     }
+}
+
+/// Replaces `dir/name` with `text` atomically: a synced temporary file renamed over it.
+fn replace_file(dir: &Path, name: &str, text: &str) -> Result<(), QueueError> {
+    let path = dir.join(name);
+    let temporary = dir.join(format!("{name}.tmp"));
+    let mut file = File::create(&temporary).map_err(io_error(&temporary))?;
+    file.write_all(text.as_bytes())
+        .map_err(io_error(&temporary))?;
+    file.sync_data().map_err(io_error(&temporary))?;
+    fs::rename(&temporary, &path).map_err(io_error(&path))
+}
+
+fn open_append(path: &Path) -> Result<File, QueueError> {
+    OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(io_error(path))
 }
 
 #[cfg(test)]
@@ -252,11 +365,37 @@ mod tests {
     }
 
     #[test]
+    fn a_notification_accepted_before_is_not_queued_again_even_after_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut queue = DurableQueue::open(dir.path(), 100).expect("opens");
+            let pushed = queue.push((0..3).map(item).collect()).expect("pushes");
+            assert_eq!(pushed.duplicates, 0);
+            while queue.pop().expect("pops").is_some() {}
+        }
+        let mut queue = DurableQueue::open(dir.path(), 100).expect("reopens");
+        // A replay produces n1 and n2 again, then n3 (twice in one batch) is new.
+        let pushed = queue
+            .push(vec![item(1), item(2), item(3), item(3)])
+            .expect("pushes");
+        assert_eq!(pushed.duplicates, 3);
+        let ids: Vec<_> = queue
+            .pending
+            .iter()
+            .map(|e| e.notification_id.clone())
+            .collect();
+        assert_eq!(ids, vec!["n3"]);
+    }
+
+    #[test]
     fn a_full_queue_drops_the_oldest_and_a_torn_line_is_skipped() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let mut queue = DurableQueue::open(dir.path(), 3).expect("opens");
-            let dropped = queue.push((0..5).map(item).collect()).expect("pushes");
+            let dropped = queue
+                .push((0..5).map(item).collect())
+                .expect("pushes")
+                .dropped;
             assert_eq!(
                 dropped
                     .iter()

@@ -121,6 +121,7 @@ impl RabbitMqSink {
                         routing_key: routing_key.clone(),
                         body,
                         events: chunk.len(),
+                        message_id: uuid::Uuid::now_v7().to_string(),
                     });
                 }
                 continue;
@@ -134,6 +135,7 @@ impl RabbitMqSink {
                     routing_key: routing_key.clone(),
                     body,
                     events: length,
+                    message_id: uuid::Uuid::now_v7().to_string(),
                 });
                 offset += length;
             }

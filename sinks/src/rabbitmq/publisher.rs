@@ -30,6 +30,9 @@ pub struct Outgoing {
     pub routing_key: String,
     pub body: Vec<u8>,
     pub events: usize,
+    /// The AMQP `message_id`, fixed when the message is made so that a republish after a lost
+    /// confirm carries the same id and a consumer can recognise the duplicate.
+    pub message_id: String,
 }
 
 #[derive(Default)]
@@ -272,13 +275,14 @@ pub fn exchange_kind(name: &str) -> lapin::ExchangeKind {
     }
 }
 
-fn properties(config: &RabbitMqSinkConfig, events: usize) -> BasicProperties {
+fn properties(config: &RabbitMqSinkConfig, events: usize, message_id: &str) -> BasicProperties {
     let mut headers = FieldTable::default();
     headers.insert("x-events".into(), AMQPValue::LongLongInt(events as i64));
     BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type(config.encoding.content_type().into())
         .with_app_id("pipeline".into())
+        .with_message_id(message_id.into())
         .with_headers(headers)
 }
 
@@ -312,7 +316,7 @@ async fn publish_loop(
                     message.routing_key.as_str().into(),
                     BasicPublishOptions::default(),
                     &message.body,
-                    properties(config, message.events),
+                    properties(config, message.events, &message.message_id),
                 )
                 .await;
             in_flight.push_back((seq, message));

@@ -4,7 +4,83 @@
 //! `multiple = true` acknowledges all of them. Delivery tags belong to one channel: after a
 //! reconnect the old marks are void (the broker redelivers those messages).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+
+/// The message ids a checkpoint covers, so that a message redelivered after a restore (or a
+/// reconnect) that the restored state already counts is recognised and skipped. A checkpoint
+/// keeps the ids of every delivery taken and not yet acknowledged, plus those acknowledged by
+/// the newest ack (an ack in flight when the process died may not have reached the broker).
+/// Messages without a `message_id` cannot be recognised; they are processed again.
+#[derive(Debug, Default)]
+pub struct Covered {
+    /// (delivery tag, message id) of deliveries taken and not yet acknowledged.
+    unacked: VecDeque<(u64, Option<String>)>,
+    last_acked: Vec<String>,
+    /// Ids already counted: skip (and acknowledge) them when they come again.
+    skip: HashSet<String>,
+}
+
+/// What the source keeps in a checkpoint.
+#[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SourceState {
+    pub covered_ids: Vec<String>,
+}
+
+impl Covered {
+    /// The restored checkpoint's ids.
+    pub fn restore(&mut self, state: SourceState) {
+        self.skip.extend(state.covered_ids);
+    }
+
+    /// Whether a delivery was already counted; if so it is skipped once.
+    pub fn already_counted(&mut self, message_id: Option<&str>) -> bool {
+        message_id.is_some_and(|id| self.skip.remove(id))
+    }
+
+    pub fn taken(&mut self, tag: u64, message_id: Option<String>) {
+        self.unacked.push_back((tag, message_id));
+    }
+
+    pub fn acked_up_to(&mut self, tag: u64) {
+        // Requeued messages return to the head of the queue, ahead of anything taken since:
+        // once a later delivery is acknowledged, no skipped id can come again.
+        self.skip.clear();
+        self.last_acked.clear();
+        while let Some((front, _)) = self.unacked.front() {
+            if *front > tag {
+                break;
+            }
+            if let Some((_, Some(id))) = self.unacked.pop_front() {
+                self.last_acked.push(id);
+            }
+        }
+    }
+
+    /// The channel was lost: what it delivered and was not acknowledged will come again, and
+    /// is already counted downstream.
+    pub fn reconnected(&mut self) {
+        for (_, id) in self.unacked.drain(..) {
+            if let Some(id) = id {
+                self.skip.insert(id);
+            }
+        }
+    }
+
+    /// The ids to keep in a checkpoint taken now.
+    pub fn snapshot(&self) -> SourceState {
+        let mut covered_ids: Vec<String> = self
+            .unacked
+            .iter()
+            .filter_map(|(_, id)| id.clone())
+            .chain(self.last_acked.iter().cloned())
+            .collect();
+        // Skipped-but-not-yet-redelivered ids stay covered too.
+        covered_ids.extend(self.skip.iter().cloned());
+        covered_ids.sort_unstable();
+        covered_ids.dedup();
+        SourceState { covered_ids }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Mark {
@@ -13,13 +89,14 @@ struct Mark {
     delivered: u64,
 }
 
-/// Delivery bookkeeping of one consumer channel.
+/// Delivery bookkeeping of one consumer channel, and the message ids checkpoints cover.
 #[derive(Debug, Default)]
 pub struct AckTracker {
     last_tag: Option<u64>,
     delivered: u64,
     acked: u64,
     marks: VecDeque<Mark>,
+    pub covered: Covered,
 }
 
 /// An acknowledgement to send: every delivery up to `tag`, `count` of them newly acked.
@@ -30,9 +107,15 @@ pub struct Ack {
 }
 
 impl AckTracker {
-    /// A new channel: forget everything about the previous one.
+    /// A new channel: forget the previous one's tags (its unacknowledged deliveries come
+    /// again and are recognised by id).
     pub fn reset(&mut self) {
-        *self = Self::default();
+        let mut covered = std::mem::take(&mut self.covered);
+        covered.reconnected();
+        *self = Self {
+            covered,
+            ..Self::default()
+        };
     }
 
     /// A delivery was taken (decoded and queued downstream, or dead-lettered).
@@ -68,6 +151,7 @@ impl AckTracker {
         let mark = newest?;
         let count = mark.delivered - self.acked;
         self.acked = mark.delivered;
+        self.covered.acked_up_to(mark.tag);
         Some(Ack {
             tag: mark.tag,
             count,
@@ -83,6 +167,35 @@ impl AckTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_checkpoint_covers_unacked_and_just_acked_ids_and_a_restore_skips_them_once() {
+        let mut covered = Covered::default();
+        covered.taken(1, Some("a".into()));
+        covered.taken(2, Some("b".into()));
+        covered.taken(3, None);
+        covered.acked_up_to(2);
+        covered.taken(4, Some("c".into()));
+        let state = covered.snapshot();
+        assert_eq!(state.covered_ids, vec!["a", "b", "c"]);
+        let mut restored = Covered::default();
+        restored.restore(state);
+        assert!(restored.already_counted(Some("c")));
+        assert!(!restored.already_counted(Some("c")), "once");
+        assert!(!restored.already_counted(None));
+        assert!(!restored.already_counted(Some("d")));
+        // After a reconnect, what was taken and not acknowledged is skipped when redelivered.
+        restored.taken(1, Some("d".into()));
+        restored.reconnected();
+        assert!(restored.already_counted(Some("d")));
+        // Ids that never came again are forgotten once a later delivery is acknowledged.
+        restored.restore(SourceState {
+            covered_ids: vec!["e".into()],
+        });
+        restored.taken(2, Some("f".into()));
+        restored.acked_up_to(2);
+        assert_eq!(restored.snapshot().covered_ids, vec!["f"]);
+    }
 
     #[test]
     fn a_completed_checkpoint_acks_everything_before_its_barrier() {

@@ -1,14 +1,17 @@
 //! `rabbitmq` source: consumes api_call events from a queue (JSON lines, a JSON array, or an
 //! Arrow IPC stream per message; see `engine::codec`) with manual acknowledgements.
 //!
-//! At-least-once: a delivery is acknowledged only after a checkpoint whose barrier followed it
-//! has completed, i.e. every sink made what was derived from it durable. When many deliveries
+//! A delivery is acknowledged only after a checkpoint whose barrier followed it has completed,
+//! i.e. every sink made what was derived from it durable. The source's own checkpointed state
+//! is the `message_id`s its checkpoint covers, so that with operator state restored from that
+//! checkpoint a redelivered message already counted is skipped: exactly-once for messages
+//! that carry a `message_id` (the `rabbitmq` sink sets one on every message). When many deliveries
 //! are unacknowledged (half the prefetch) the source asks for a checkpoint, so a small prefetch
 //! never stalls the stream. A message that cannot be decoded (or is over `max_message_bytes`)
 //! is published to the dead-letter exchange with the reason in headers, and acknowledged with
 //! the rest; it never blocks the queue. A lost connection is reopened with exponential backoff
-//! and jitter; deliveries not yet acknowledged are redelivered by the broker, so duplicates are
-//! bounded by the unacknowledged count (at most the prefetch plus one batch). On shutdown the
+//! and jitter; deliveries not yet acknowledged are redelivered by the broker and recognised by
+//! id (without an id they are processed again, bounded by the prefetch). On shutdown the
 //! source stops consuming, asks for a final checkpoint and acknowledges what it covered.
 
 mod acks;
@@ -31,7 +34,7 @@ use engine::schema::api_call::{api_call_schema, ApiCallBatchBuilder};
 use futures::StreamExt;
 use lapin::message::Delivery;
 
-use acks::AckTracker;
+use acks::{AckTracker, SourceState};
 pub use config::{Declare, RabbitMqSourceConfig};
 use session::{DeadLetter, Session};
 
@@ -79,6 +82,8 @@ impl RabbitMqSource {
 
 /// The source's named counters.
 struct Counters {
+    /// Redelivered messages already counted by the restored state (or before a reconnect).
+    skipped: Arc<AtomicU64>,
     deliveries: Arc<AtomicU64>,
     redelivered: Arc<AtomicU64>,
     acked: Arc<AtomicU64>,
@@ -130,6 +135,13 @@ impl Pending {
     }
 }
 
+/// Hands the source's state for `barrier`'s checkpoint to the coordinator.
+async fn save_state(ctx: &SourceContext, barrier: Barrier, acks: &AckTracker) -> ComponentResult {
+    let state = engine::state::encode(&acks.covered.snapshot()).map_err(ComponentError::other)?;
+    ctx.state.save(barrier.checkpoint_id, state).await;
+    Ok(())
+}
+
 /// How a connected session ended.
 enum Ended {
     Shutdown,
@@ -138,8 +150,13 @@ enum Ended {
 
 #[async_trait]
 impl Source for RabbitMqSource {
+    fn saves_state(&self) -> bool {
+        true
+    }
+
     async fn run(self: Box<Self>, mut ctx: SourceContext) -> ComponentResult {
         let counters = Counters {
+            skipped: ctx.metrics.named("duplicates_skipped"),
             deliveries: ctx.metrics.named("deliveries"),
             redelivered: ctx.metrics.named("redelivered"),
             acked: ctx.metrics.named("acked"),
@@ -151,6 +168,17 @@ impl Source for RabbitMqSource {
             Backoff::new(self.config.reconnect_initial.0, self.config.reconnect_max.0);
         let mut pending = Pending::new(self.config.batch_size);
         let mut acks = AckTracker::default();
+        if let Some(saved) = ctx.restored_state.take() {
+            match engine::state::decode::<SourceState>(&saved) {
+                Ok(state) => {
+                    tracing::info!(source = %self.component, covered = state.covered_ids.len(), "rabbitmq: restored the message ids the checkpoint covers");
+                    acks.covered.restore(state);
+                }
+                Err(error) => {
+                    tracing::warn!(source = %self.component, %error, "rabbitmq: the saved state does not fit; redelivered messages will be processed again")
+                }
+            }
+        }
         let mut connected_before = false;
         loop {
             if ctx.shutdown.is_cancelled() {
@@ -165,7 +193,7 @@ impl Source for RabbitMqSource {
                     ctx.metrics.set_connected(false);
                     let delay = backoff.next_delay();
                     tracing::warn!(source = %self.component, %error, retry_in = ?delay, "rabbitmq: cannot consume; retrying");
-                    self.wait_forwarding_barriers(&mut ctx, &mut pending, delay)
+                    self.wait_forwarding_barriers(&mut ctx, &mut pending, &acks, delay)
                         .await?;
                     continue;
                 }
@@ -202,7 +230,7 @@ impl Source for RabbitMqSource {
                     tracing::warn!(source = %self.component, %error, unacked = acks.unacked(), "rabbitmq: connection lost; unacknowledged deliveries will be redelivered");
                     session.close().await;
                     let delay = backoff.next_delay();
-                    self.wait_forwarding_barriers(&mut ctx, &mut pending, delay)
+                    self.wait_forwarding_barriers(&mut ctx, &mut pending, &acks, delay)
                         .await?;
                 }
             }
@@ -236,6 +264,7 @@ impl RabbitMqSource {
                 _ = ctx.shutdown.cancelled() => return Ok((Ended::Shutdown, session)),
                 Some(barrier) = ctx.barriers.recv() => {
                     pending.flush(ctx).await?;
+                    save_state(ctx, barrier, acks).await?;
                     ctx.output.send_control(Message::Barrier(barrier)).await?;
                     acks.barrier(barrier.checkpoint_id);
                 }
@@ -260,10 +289,14 @@ impl RabbitMqSource {
                         Some(Err(error)) => return Ok((Ended::ConnectionLost(error.to_string()), session)),
                         None => return Ok((Ended::ConnectionLost("the broker cancelled the consumer".into()), session)),
                     };
-                    if let Err(error) = self.take(&session, &delivery, pending, counters).await {
+                    let message_id = delivery.properties.message_id().as_ref().map(|id| id.to_string());
+                    if acks.covered.already_counted(message_id.as_deref()) {
+                        counters.skipped.fetch_add(1, Ordering::Relaxed);
+                    } else if let Err(error) = self.take(&session, &delivery, pending, counters).await {
                         return Ok((Ended::ConnectionLost(error), session));
                     }
                     acks.delivered(delivery.delivery_tag);
+                    acks.covered.taken(delivery.delivery_tag, message_id);
                     counters.unacked.store(acks.unacked(), Ordering::Relaxed);
                     if pending.count >= self.config.batch_size {
                         pending.flush(ctx).await?;
@@ -343,6 +376,7 @@ impl RabbitMqSource {
         &self,
         ctx: &mut SourceContext,
         pending: &mut Pending,
+        acks: &AckTracker,
         delay: Duration,
     ) -> ComponentResult {
         pending.flush(ctx).await?;
@@ -352,6 +386,7 @@ impl RabbitMqSource {
                 _ = ctx.shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep_until(until) => return Ok(()),
                 Some(barrier) = ctx.barriers.recv() => {
+                    save_state(ctx, barrier, acks).await?;
                     ctx.output.send_control(Message::Barrier(barrier)).await?;
                 }
             }
@@ -376,6 +411,7 @@ impl RabbitMqSource {
         let mut completed = ctx.completed_checkpoints.clone();
         let wait = async {
             let barrier: Barrier = ctx.barriers.recv().await?;
+            save_state(ctx, barrier, acks).await.ok()?;
             ctx.output
                 .send_control(Message::Barrier(barrier))
                 .await
