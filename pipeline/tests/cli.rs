@@ -403,8 +403,10 @@ fn the_demo_raises_alerts_and_delivers_them_signed_to_its_receiver() {
     let child = Command::new(env!("CARGO_BIN_EXE_pipeline"))
         .args([
             "demo",
+            // A 10-second window closes 3 s (its out-of-orderness) after its end: 26 s holds
+            // at least one whole window during the incident wherever in a window the demo starts.
             "--duration",
-            "14s",
+            "26s",
             "--api-port",
             &api,
             "--proxy-port",
@@ -418,7 +420,7 @@ fn the_demo_raises_alerts_and_delivers_them_signed_to_its_receiver() {
             "--rate",
             "40",
             "--incident",
-            "error_burst@1s+12s:llama-3-70b",
+            "error_burst@1s+24s:llama-3-70b",
             "--data",
             data.to_str().unwrap(),
         ])
@@ -431,7 +433,7 @@ fn the_demo_raises_alerts_and_delivers_them_signed_to_its_receiver() {
     let client = reqwest::blocking::Client::new();
     let alerts_url = format!("http://127.0.0.1:{monitor}/api/v1/alerts");
     let mut seen_in_api = false;
-    for _ in 0..140 {
+    for _ in 0..260 {
         std::thread::sleep(std::time::Duration::from_millis(100));
         let Ok(response) = client
             .get(&alerts_url)
