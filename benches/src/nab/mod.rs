@@ -168,6 +168,14 @@ warmup = 0
 cooldown = 200"#,
         ),
         (
+            "sequence",
+            r#"field = "value"
+method = "sequence"
+span = 300
+warmup = 0
+cooldown = 120"#,
+        ),
+        (
             "forest",
             r#"fields = ["value"]
 method = "forest"

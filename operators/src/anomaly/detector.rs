@@ -1,4 +1,4 @@
-//! One configured detector: its method (robust, seasonal or forest), its threshold, warm-up
+//! One configured detector: its method (robust, seasonal, sequence or forest), its threshold, warm-up
 //! and cool-down, and the per-key state it keeps. The `anomaly` operator holds one of these
 //! per configured entry; the NAB evaluation drives the same type directly.
 
@@ -11,6 +11,7 @@ use super::forest::{ForestParams, ForestState};
 use super::gaussian::two_sided_z;
 use super::robust::{RobustParams, RobustState};
 use super::seasonal::{SeasonalParams, SeasonalState};
+use super::sequence::{SequenceParams, SequenceState};
 
 /// Which deviations count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -24,12 +25,13 @@ pub enum Direction {
     Down,
 }
 
-/// The three methods.
+/// The methods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MethodName {
     Robust,
     Seasonal,
+    Sequence,
     Forest,
 }
 
@@ -110,6 +112,19 @@ pub struct DetectorConfig {
     /// The spread never counts as less than this fraction of the expected value.
     #[serde(default = "default_relative_floor")]
     pub relative_floor: f64,
+    /// Sequence: levels across the learned range, the longest sequence remembered, the
+    /// observations the range is learned from, the sequences remembered, and the deviation
+    /// score's share of the score.
+    #[serde(default = "default_levels")]
+    pub levels: u32,
+    #[serde(default = "default_context")]
+    pub context: u32,
+    #[serde(default = "default_range_observations")]
+    pub range_observations: u64,
+    #[serde(default = "default_memory")]
+    pub memory: u32,
+    #[serde(default = "default_deviation_weight")]
+    pub deviation_weight: f64,
 }
 
 fn default_method() -> MethodName {
@@ -146,11 +161,27 @@ fn default_shingle() -> u32 {
 fn default_relative_floor() -> f64 {
     0.01
 }
+fn default_levels() -> u32 {
+    6
+}
+fn default_context() -> u32 {
+    7
+}
+fn default_range_observations() -> u64 {
+    600
+}
+fn default_memory() -> u32 {
+    4096
+}
+fn default_deviation_weight() -> f64 {
+    0.4
+}
 
 #[derive(Debug, Clone)]
 enum Method {
     Robust(RobustParams),
     Seasonal(SeasonalParams),
+    Sequence(SequenceParams),
     Forest(Box<ForestParams>),
 }
 
@@ -172,6 +203,7 @@ pub struct Detector {
 pub enum MethodState {
     Robust(RobustState),
     Seasonal(SeasonalState),
+    Sequence(SequenceState),
     Forest(ForestState),
 }
 
@@ -198,7 +230,7 @@ impl Detector {
             }
             (_, Some(field), None) => vec![field.clone()],
             (_, None, Some(_)) => {
-                return Err(("fields", "`fields` is for the forest method; robust and seasonal score one `field`".into()))
+                return Err(("fields", "`fields` is for the forest method; robust, seasonal and sequence score one `field`".into()))
             }
             (_, None, None) => return Err(("field", "name the `field` to score, e.g. \"p95_latency_ms\"".into())),
         };
@@ -257,6 +289,39 @@ impl Detector {
                     relative_floor: config.relative_floor,
                     min_std: 1e-9,
                     direction: config.direction,
+                })
+            }
+            MethodName::Sequence => {
+                if !(2..=64).contains(&config.levels) {
+                    return Err(("levels", "must be 2 to 64".into()));
+                }
+                if !(1..=16).contains(&config.context) {
+                    return Err(("context", "must be 1 to 16 observations".into()));
+                }
+                if config.range_observations == 0 {
+                    return Err(("range_observations", "must be at least 1".into()));
+                }
+                if !(16..=1 << 20).contains(&config.memory) || !config.memory.is_power_of_two() {
+                    return Err((
+                        "memory",
+                        "must be a power of two from 16 to 1048576 sequences, e.g. 4096".into(),
+                    ));
+                }
+                if !(0.0..=1.0).contains(&config.deviation_weight) {
+                    return Err(("deviation_weight", "must be between 0 and 1".into()));
+                }
+                Method::Sequence(SequenceParams {
+                    levels: config.levels,
+                    context: config.context as usize,
+                    range_observations: config.range_observations,
+                    memory: config.memory as usize,
+                    deviation_weight: config.deviation_weight,
+                    baseline: RobustParams {
+                        alpha,
+                        direction: config.direction,
+                        relative_floor: config.relative_floor,
+                        ..RobustParams::default()
+                    },
                 })
             }
             MethodName::Forest => {
@@ -330,6 +395,11 @@ impl Detector {
             shingle: default_shingle(),
             seed: 0,
             relative_floor: default_relative_floor(),
+            levels: default_levels(),
+            context: default_context(),
+            range_observations: default_range_observations(),
+            memory: default_memory(),
+            deviation_weight: default_deviation_weight(),
         };
         // The defaults are valid by construction.
         Self::new(&config).unwrap_or_else(|(key, message)| panic!("default {key}: {message}"))
@@ -344,6 +414,7 @@ impl Detector {
             method: match &self.method {
                 Method::Robust(_) => MethodState::Robust(RobustState::default()),
                 Method::Seasonal(_) => MethodState::Seasonal(SeasonalState::default()),
+                Method::Sequence(_) => MethodState::Sequence(SequenceState::default()),
                 Method::Forest(_) => MethodState::Forest(ForestState::default()),
             },
             observed: 0,
@@ -368,6 +439,9 @@ impl Detector {
             }
             (Method::Seasonal(params), MethodState::Seasonal(s)) => {
                 params.observe(s, time_micros, values[0], self.z_band)
+            }
+            (Method::Sequence(params), MethodState::Sequence(s)) => {
+                params.observe(s, values[0], self.z_band)
             }
             (Method::Forest(params), MethodState::Forest(s)) => params.observe(s, values)?,
             // State restored for a different method: start this key afresh.

@@ -1,5 +1,5 @@
 //! `anomaly`: scores each key's series of window results with configurable detectors (a robust
-//! EWMA baseline, a seasonal baseline, and multivariate Half-Space Trees) and appends, per
+//! EWMA baseline, a seasonal baseline, sequence novelty, and multivariate Half-Space Trees) and appends, per
 //! detector, `anomaly_<name>_score` in [0, 1], the expected value and band, and a flag; plus
 //! `anomaly_score` (the highest) and `anomaly` (any flag). State per key is bounded and
 //! serialisable; the least recently seen keys are evicted beyond `max_keys`.
@@ -9,6 +9,7 @@ pub mod forest;
 pub mod gaussian;
 pub mod robust;
 pub mod seasonal;
+pub mod sequence;
 
 use std::sync::Arc;
 

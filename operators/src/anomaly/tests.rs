@@ -205,6 +205,46 @@ fn forest_flags_a_combination_never_seen_together() {
 }
 
 #[test]
+fn sequence_flags_a_changed_rhythm_that_stays_within_the_usual_range() {
+    // Traffic alternates four busy and four quiet windows; from 700 to 716 it flips every
+    // window instead. Every value stays in the usual range: only the rhythm is new.
+    let mut op = operator(
+        r#"detectors = [{ field = "rate_per_sec", method = "sequence", threshold = 0.45, range_observations = 200 }]"#,
+    );
+    let rate: Vec<f64> = (0..900)
+        .map(|i| {
+            let busy = if (700..716).contains(&i) {
+                i % 2 == 0
+            } else {
+                (i / 4) % 2 == 0
+            };
+            let level = if busy { 300.0 } else { 100.0 };
+            level + noise(i, 5.0)
+        })
+        .collect();
+    let out = op
+        .score(&rows("m", 0, &[200.0; 900], &[0.0; 900], &rate))
+        .expect("scored");
+    let flagged = flags(&out, "rate_per_sec");
+    assert!(
+        flagged.iter().any(|&i| (700..716).contains(&i)),
+        "the changed rhythm was not flagged: {flagged:?}"
+    );
+    assert!(
+        flagged.iter().all(|&i| i < 200 || (700..730).contains(&i)),
+        "flags outside the change once the rhythm was learned: {flagged:?}"
+    );
+    // The robust baseline alone sees nothing unusual in it.
+    let mut robust = operator(r#"detectors = [{ field = "rate_per_sec" }]"#);
+    let out = robust
+        .score(&rows("m", 0, &[200.0; 900], &[0.0; 900], &rate))
+        .expect("scored");
+    assert!(!flags(&out, "rate_per_sec")
+        .iter()
+        .any(|&i| (700..716).contains(&i)));
+}
+
+#[test]
 fn keys_are_independent_and_bounded() {
     let mut op = operator("max_keys = 2\ndetectors = [{ field = \"p95_latency_ms\" }]");
     for model in ["a", "b", "c"] {
@@ -220,17 +260,24 @@ fn keys_are_independent_and_bounded() {
 
 #[test]
 fn detector_state_survives_serialisation() {
-    let detector = Detector::with_defaults(MethodName::Forest, &["a", "b"]);
-    let mut state = detector.new_state();
-    for i in 0..500 {
-        detector.observe(&mut state, i, &[i as f64 % 7.0, 3.0]);
+    for (method, fields) in [
+        (MethodName::Forest, &["a", "b"][..]),
+        (MethodName::Sequence, &["a"][..]),
+    ] {
+        let detector = Detector::with_defaults(method, fields);
+        let mut state = detector.new_state();
+        for i in 0..500 {
+            let values = [i as f64 % 7.0, 3.0];
+            detector.observe(&mut state, i, &values[..fields.len()]);
+        }
+        let text = serde_json::to_string(&state).expect("serialise");
+        let mut restored: DetectorState = serde_json::from_str(&text).expect("deserialise");
+        assert_eq!(restored, state);
+        let values = [2.0, 3.0];
+        let a = detector.observe(&mut state, 500, &values[..fields.len()]);
+        let b = detector.observe(&mut restored, 500, &values[..fields.len()]);
+        assert_eq!(a, b, "{method:?}");
     }
-    let text = serde_json::to_string(&state).expect("serialise");
-    let mut restored: DetectorState = serde_json::from_str(&text).expect("deserialise");
-    assert_eq!(restored, state);
-    let a = detector.observe(&mut state, 500, &[2.0, 3.0]);
-    let b = detector.observe(&mut restored, 500, &[2.0, 3.0]);
-    assert_eq!(a, b);
 }
 
 #[test]
@@ -257,6 +304,11 @@ fn settings_errors_name_the_setting() {
             r#"detectors = [{ method = "forest" }]"#,
             "fields",
             "needs `fields`",
+        ),
+        (
+            r#"detectors = [{ field = "p95_latency_ms", method = "sequence", memory = 1000 }]"#,
+            "memory",
+            "power of two",
         ),
         (
             r#"detectors = [{ field = "model" }]"#,
