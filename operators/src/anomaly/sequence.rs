@@ -125,7 +125,8 @@ impl SequenceParams {
         let mut verdict = self.baseline.observe(&mut state.baseline, value, z_band);
 
         let level = self.level(state, value);
-        if state.recent_levels.len() == self.context {
+        // `while`: a restored state may hold more than this detector's context.
+        while state.recent_levels.len() >= self.context {
             state.recent_levels.pop_front();
         }
         state.recent_levels.push_back(level);
