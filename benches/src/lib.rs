@@ -1,4 +1,5 @@
-//! Shared helpers for the benchmarks: deterministic api_call batches.
+//! Shared helpers for the benchmarks: deterministic api_call batches, and pipelines built from
+//! pipelines.toml text with every component type registered.
 
 use arrow::record_batch::RecordBatch;
 use engine::schema::api_call::ApiCallBatchBuilder;
@@ -27,6 +28,17 @@ pub fn synthetic_batches(
                 .expect("the generator is unbounded")
         })
         .collect()
+}
+
+/// Builds a pipeline from pipelines.toml `text` (`name` appears in its errors), with every
+/// source, operator and sink type registered and no environment variables.
+pub fn build_pipeline(name: &str, text: &str) -> anyhow::Result<engine::runtime::BuiltPipeline> {
+    let mut registry = engine::registry::Registry::new();
+    sources::register(&mut registry);
+    operators::register(&mut registry);
+    sinks::register(&mut registry);
+    engine::runtime::build_from_text(name, text, |_| None, &registry)
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 pub mod nab;

@@ -84,12 +84,7 @@ struct Measured {
 }
 
 async fn measure(text: &str, duration: Duration) -> anyhow::Result<Measured> {
-    let mut registry = engine::registry::Registry::new();
-    sources::register(&mut registry);
-    operators::register(&mut registry);
-    sinks::register(&mut registry);
-    let pipeline = engine::runtime::build_from_text("bench.toml", text, |_| None, &registry)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pipeline = benches::build_pipeline("bench.toml", text)?;
     let metrics = pipeline.metrics();
     let stop = CancellationToken::new();
     let (_handle, run) = pipeline.start(stop.clone());

@@ -63,12 +63,7 @@ inputs = ["per_10s", "per_minute"]
 }
 
 async fn measure(text: &str) -> anyhow::Result<(f64, u64)> {
-    let mut registry = engine::registry::Registry::new();
-    sources::register(&mut registry);
-    operators::register(&mut registry);
-    sinks::register(&mut registry);
-    let pipeline = engine::runtime::build_from_text("bench.toml", text, |_| None, &registry)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pipeline = benches::build_pipeline("bench.toml", text)?;
     let started = Instant::now();
     let report = pipeline.run(CancellationToken::new()).await?;
     let seconds = started.elapsed().as_secs_f64();

@@ -37,14 +37,6 @@ struct Options {
     url: String,
 }
 
-fn registry() -> engine::registry::Registry {
-    let mut registry = engine::registry::Registry::new();
-    sources::register(&mut registry);
-    operators::register(&mut registry);
-    sinks::register(&mut registry);
-    registry
-}
-
 fn edge_config(url: &str, name: &str, events: u64, encoding: &str, per_message: usize) -> String {
     format!(
         r#"
@@ -122,27 +114,17 @@ async fn through_pipeline(
     per_message: usize,
 ) -> anyhow::Result<(f64, f64)> {
     let name = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    let registry = registry();
-    let central = engine::runtime::build_from_text(
-        "central.toml",
-        &central_config(url, &name),
-        |_| None,
-        &registry,
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let central = benches::build_pipeline("central.toml", &central_config(url, &name))?;
     let counted = central.metrics();
     let stop = CancellationToken::new();
     let (_, central_run) = central.start(stop.clone());
     let central_task = tokio::spawn(central_run);
     // Let the consumer declare and bind its queue first.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let edge = engine::runtime::build_from_text(
+    let edge = benches::build_pipeline(
         "edge.toml",
         &edge_config(url, &name, events, encoding, per_message),
-        |_| None,
-        &registry,
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    )?;
     let started = Instant::now();
     let edge_task = tokio::spawn(edge.run(CancellationToken::new()));
     let sink = counted
@@ -201,13 +183,7 @@ async fn plain_consumer(url: &str, events: u64) -> anyhow::Result<f64> {
         )
         .await?;
     // The same edge publisher fills the queue, one event per message, while we consume.
-    let edge = engine::runtime::build_from_text(
-        "edge.toml",
-        &edge_config(url, &name, events, "json", 1),
-        |_| None,
-        &registry(),
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let edge = benches::build_pipeline("edge.toml", &edge_config(url, &name, events, "json", 1))?;
     let started = Instant::now();
     let edge_task = tokio::spawn(edge.run(CancellationToken::new()));
     let mut seen = 0u64;
