@@ -45,7 +45,6 @@ pub struct SequenceState {
     /// The range the levels divide: the lowest and highest of the first observations.
     pub low: f64,
     pub high: f64,
-    pub observed: u64,
     /// The last `context` levels, newest last.
     pub recent_levels: VecDeque<i32>,
     /// Sequence fingerprints (0 = empty) and when each was last seen; ways `2s` and `2s + 1`
@@ -112,15 +111,16 @@ impl SequenceParams {
             state.fingerprints = vec![0; self.memory];
             state.last_seen = vec![0; self.memory];
         }
-        if state.observed == 0 {
+        // The baseline has learned every earlier observation: its count is this one's number.
+        let observed = state.baseline.stats.count;
+        if observed == 0 {
             state.low = value;
             state.high = value;
-        } else if state.observed < self.range_observations {
+        } else if observed < self.range_observations {
             state.low = state.low.min(value);
             state.high = state.high.max(value);
         }
-        let now = state.observed as u32;
-        state.observed += 1;
+        let now = observed as u32;
         let mean = state.baseline.stats.mean;
         let mut verdict = self.baseline.observe(&mut state.baseline, value, z_band);
 
