@@ -3,7 +3,9 @@
 # OpenAI-style JSON body) directly, through nginx `proxy_pass`, and through the pipeline's proxy
 # source (feeding windows and a null sink), in one run on this machine.
 #
-#   benches/proxy/run.sh [duration=15s] [connections=64]      (RATE=5000 for the fixed-rate part)
+#   benches/proxy/run.sh [duration=15s] [connections=64]
+#   (RATE=5000: the fixed-rate part's rate; ROUNDS=3: rounds of every path in turn, since a
+#   shared machine has slow spells and one pass can land in one)
 #
 # Then, at a fixed rate (benches' `fixed-rate` tool, open loop), the latency each path adds
 # over the direct call.
@@ -14,6 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 duration="${1:-15s}"
 connections="${2:-64}"
+rounds="${ROUNDS:-3}"
 target="${CARGO_TARGET_DIR:-$HOME/.cache/pipeline-target}"
 pipeline="$target/release/pipeline"
 [ -x "$pipeline" ] || { echo "build first: cargo build --release -p pipeline" >&2; exit 1; }
@@ -24,19 +27,25 @@ nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 work="$(mktemp -d)"
 cleanup() {
   [ -n "${proxy_pid:-}" ] && kill "$proxy_pid" 2>/dev/null && wait "$proxy_pid" 2>/dev/null || true
-  "$nginx_bin" -p "$work" -c "$work/nginx.conf" -s quit 2>/dev/null || true
+  for instance in upstream nginx-proxy; do
+    "$nginx_bin" -p "$work/$instance" -c "$work/$instance/nginx.conf" -s quit 2>/dev/null || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-cat > "$work/nginx.conf" <<NGINX
+# Two nginx instances: the upstream (one worker, the same for every path) and nginx as the
+# proxy under comparison (its own process, `worker_processes auto` as Debian ships it). Were
+# they one instance, nginx's proxy would hand each call to the upstream inside its own event
+# loop — a hop no real proxy in front of a separate model API gets for free.
+mkdir -p "$work/upstream" "$work/nginx-proxy"
+cat > "$work/upstream/nginx.conf" <<NGINX
 worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/error.log warn;
+pid $work/upstream/nginx.pid;
+error_log $work/upstream/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
-  upstream model_api { server 127.0.0.1:18002; keepalive 256; }
   server {
     listen 127.0.0.1:18002 reuseport;
     location / {
@@ -44,6 +53,16 @@ http {
       return 200 '{"id":"x","object":"chat.completion","model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}';
     }
   }
+}
+NGINX
+cat > "$work/nginx-proxy/nginx.conf" <<NGINX
+worker_processes auto;
+pid $work/nginx-proxy/nginx.pid;
+error_log $work/nginx-proxy/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream model_api { server 127.0.0.1:18002; keepalive 256; }
   server {
     listen 127.0.0.1:18080 reuseport;
     location / {
@@ -55,7 +74,9 @@ http {
   }
 }
 NGINX
-"$nginx_bin" -p "$work" -c "$work/nginx.conf"
+for instance in upstream nginx-proxy; do
+  "$nginx_bin" -p "$work/$instance" -c "$work/$instance/nginx.conf"
+done
 
 cat > "$work/pipelines.toml" <<TOML
 [sources.calls]
@@ -96,18 +117,20 @@ run() {
   printf '| %-34s | %12s | %10s | %10s |\n' "$name" "$rps" "$p50" "$p99"
 }
 
-echo "wrk -t1 -c$connections -d$duration, POST JSON, on $(nproc) cores"
+echo "wrk -t1 -c$connections -d$duration, POST JSON, on $(nproc) cores, $rounds round(s) of every path in turn"
 printf '| %-34s | %12s | %10s | %10s |\n' "path" "requests/s" "p50" "p99"
 printf '|%s|%s|%s|%s|\n' "------------------------------------" "--------------" "------------" "------------"
-run "direct (nginx upstream)" "http://127.0.0.1:18002/v1/chat/completions"
-run "nginx proxy_pass" "http://127.0.0.1:18080/v1/chat/completions"
-run "pipeline proxy (events -> window)" "http://127.0.0.1:19090/v1/chat/completions"
+for _ in $(seq "$rounds"); do
+  run "direct (nginx upstream)" "http://127.0.0.1:18002/v1/chat/completions"
+  run "nginx proxy_pass" "http://127.0.0.1:18080/v1/chat/completions"
+  run "pipeline proxy (events -> window)" "http://127.0.0.1:19090/v1/chat/completions"
+done
 
 # Added latency at a fixed, realistic rate (open loop: no coordinated omission).
 fixed_rate="$target/release/fixed-rate"
 if [ -x "$fixed_rate" ]; then
   echo
-  "$fixed_rate" --rate "${RATE:-5000}" --duration "$duration" \
+  "$fixed_rate" --rate "${RATE:-5000}" --duration "$duration" --rounds "$rounds" \
     http://127.0.0.1:18002/v1/chat/completions \
     http://127.0.0.1:18080/v1/chat/completions \
     http://127.0.0.1:19090/v1/chat/completions

@@ -42,3 +42,4 @@ pub fn build_pipeline(name: &str, text: &str) -> anyhow::Result<engine::runtime:
 }
 
 pub mod nab;
+pub mod ticker;

@@ -1,14 +1,16 @@
 //! An open-loop load generator: sends POST requests at a fixed rate (not "as fast as the
 //! server answers", which hides queueing) and measures each request's latency from the moment
 //! it was scheduled, so a stall counts against every request it delays (no coordinated
-//! omission). Prints p50 / p90 / p99 / p99.9 / max for each target URL, measured one after
-//! the other in the same run; the first URL is the baseline the others' added latency is
-//! computed against.
+//! omission). Sends are paced one per interval by a microsecond-precise tick (tokio's timer
+//! ticks in milliseconds and would send bursts). Prints p50 / p90 / p99 / p99.9 / max for
+//! each target URL, measured one after the other in the same run, in `--rounds` rounds (the
+//! summary is the median of the rounds: a shared machine has slow spells); the first URL is
+//! the baseline the others' added latency is computed against, round by round.
 //!
 //! cargo run --release -p benches --bin fixed-rate -- --rate 5000 --duration 10s URL...
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
@@ -17,6 +19,8 @@ use hyper::Request;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::Mutex;
+
+use benches::ticker::{monotonic_now, Ticker};
 
 #[derive(Parser)]
 struct Options {
@@ -29,6 +33,9 @@ struct Options {
     /// Warm-up before measuring each target (connections, caches).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
+    /// Rounds of measuring every target in turn; the summary gives the median of the rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Target URLs; the first is the baseline.
     #[arg(required = true)]
     urls: Vec<String>,
@@ -52,35 +59,41 @@ async fn measure(url: &str, rate: f64, duration: Duration) -> anyhow::Result<Sum
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(total)));
     let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let interval = Duration::from_secs_f64(1.0 / rate);
-    let start = Instant::now() + Duration::from_millis(10);
+    // Sends are paced by a microsecond-precise tick, one request per interval.
+    let ticker = Ticker::new(interval)?;
     let mut tasks = Vec::with_capacity(total);
-    for i in 0..total {
-        let scheduled = start + interval.mul_f64(i as f64);
-        tokio::time::sleep_until(scheduled.into()).await;
-        let client = client.clone();
-        let uri = uri.clone();
-        let latencies = latencies.clone();
-        let failures = failures.clone();
-        tasks.push(tokio::spawn(async move {
-            let request = Request::post(uri)
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from_static(BODY.as_bytes())))
-                .expect("a valid request");
-            let ok = match client.request(request).await {
-                Ok(response) => {
-                    let ok = response.status().is_success();
-                    ok && response.into_body().collect().await.is_ok()
-                }
-                Err(_) => false,
-            };
-            if ok {
-                // From the scheduled time: a late send is the server's (or the machine's) delay.
-                let latency = scheduled.elapsed().as_secs_f64() * 1000.0;
-                latencies.lock().await.push(latency);
-            } else {
-                failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    while tasks.len() < total {
+        let due = ticker.tick().await?;
+        for _ in 0..due {
+            if tasks.len() == total {
+                break;
             }
-        }));
+            let scheduled = ticker.deadline(tasks.len() as u64);
+            let client = client.clone();
+            let uri = uri.clone();
+            let latencies = latencies.clone();
+            let failures = failures.clone();
+            tasks.push(tokio::spawn(async move {
+                let request = Request::post(uri)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+                    .expect("a valid request");
+                let ok = match client.request(request).await {
+                    Ok(response) => {
+                        let ok = response.status().is_success();
+                        ok && response.into_body().collect().await.is_ok()
+                    }
+                    Err(_) => false,
+                };
+                if ok {
+                    // From the scheduled time: a late send is the server's (or the machine's) delay.
+                    let latency = monotonic_now().saturating_sub(scheduled).as_secs_f64() * 1000.0;
+                    latencies.lock().await.push(latency);
+                } else {
+                    failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }));
+        }
     }
     for task in tasks {
         task.await?;
@@ -104,6 +117,11 @@ async fn measure(url: &str, rate: f64, duration: Duration) -> anyhow::Result<Sum
     })
 }
 
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 fn main() -> anyhow::Result<()> {
     let options = Options::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -112,43 +130,65 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         println!(
-            "open loop, {} requests/s for {:?} per target (after {:?} warm-up), latency from the scheduled send time",
-            options.rate, options.duration, options.warmup
+            "open loop, {} requests/s for {:?} per target (after {:?} warm-up), latency from the scheduled send time, {} round(s) of every target in turn",
+            options.rate, options.duration, options.warmup, options.rounds
         );
         println!(
-            "| {:<50} | {:>8} | {:>9} | {:>9} | {:>9} | {:>9} | {:>9} | {:>14} | {:>14} |",
-            "target", "failed", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "added p50 ms", "added p99 ms"
+            "| {:>5} | {:<50} | {:>11} | {:>9} | {:>9} | {:>9} | {:>9} | {:>9} | {:>14} | {:>14} |",
+            "round", "target", "failed", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "added p50 ms", "added p99 ms"
         );
-        let mut baseline: Option<(f64, f64)> = None;
-        for url in &options.urls {
-            measure(url, options.rate, options.warmup).await?;
-            let summary = measure(url, options.rate, options.duration).await?;
-            let p = |q: f64| {
-                summary
-                    .quantiles
-                    .iter()
-                    .find(|(x, _)| *x == q)
-                    .map_or(f64::NAN, |(_, v)| *v)
-            };
-            let (p50, p99) = (p(0.5), p(0.99));
-            let (added50, added99) = match baseline {
-                None => {
-                    baseline = Some((p50, p99));
-                    (0.0, 0.0)
+        // Per target: (p50, p99, added p50, added p99) of each round.
+        let mut rounds: Vec<Vec<[f64; 4]>> = vec![Vec::new(); options.urls.len()];
+        for round in 1..=options.rounds {
+            let mut baseline = (f64::NAN, f64::NAN);
+            for (index, url) in options.urls.iter().enumerate() {
+                measure(url, options.rate, options.warmup).await?;
+                let summary = measure(url, options.rate, options.duration).await?;
+                let p = |q: f64| {
+                    summary
+                        .quantiles
+                        .iter()
+                        .find(|(x, _)| *x == q)
+                        .map_or(f64::NAN, |(_, v)| *v)
+                };
+                let (p50, p99) = (p(0.5), p(0.99));
+                if index == 0 {
+                    baseline = (p50, p99);
                 }
-                Some((b50, b99)) => (p50 - b50, p99 - b99),
-            };
+                // Added latency is paired with the baseline of the same round, so that a
+                // machine that is slower for a while weighs on both alike.
+                let (added50, added99) = (p50 - baseline.0, p99 - baseline.1);
+                rounds[index].push([p50, p99, added50, added99]);
+                println!(
+                    "| {:>5} | {:<50} | {:>11} | {:>9.3} | {:>9.3} | {:>9.3} | {:>9.3} | {:>9.3} | {:>14.3} | {:>14.3} |",
+                    round,
+                    url,
+                    format!("{}/{}", summary.failed, summary.sent),
+                    p50,
+                    p(0.9),
+                    p99,
+                    p(0.999),
+                    summary.max_ms,
+                    added50,
+                    added99
+                );
+            }
+        }
+        println!();
+        println!("median over the rounds:");
+        println!(
+            "| {:<50} | {:>9} | {:>9} | {:>14} | {:>14} |",
+            "target", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms"
+        );
+        for (url, measured) in options.urls.iter().zip(&rounds) {
+            let column = |i: usize| median(measured.iter().map(|m| m[i]).collect());
             println!(
-                "| {:<50} | {:>8} | {:>9.3} | {:>9.3} | {:>9.3} | {:>9.3} | {:>9.3} | {:>14.3} | {:>14.3} |",
+                "| {:<50} | {:>9.3} | {:>9.3} | {:>14.3} | {:>14.3} |",
                 url,
-                format!("{}/{}", summary.failed, summary.sent),
-                p50,
-                p(0.9),
-                p99,
-                p(0.999),
-                summary.max_ms,
-                added50,
-                added99
+                column(0),
+                column(1),
+                column(2),
+                column(3)
             );
         }
         anyhow::Ok(())
