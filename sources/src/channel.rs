@@ -1,5 +1,6 @@
 //! `channel`: api_call events handed over in-process (by the embedded demo's traffic driver, or
-//! by a program embedding the pipeline), batched by size or linger time, whichever comes first.
+//! by a program embedding the pipeline), taken in batches: `linger` after the first event of a
+//! batch, everything queued is sent, in batches of at most `batch_size`.
 //! The sending side uses `try_send`: when the pipeline falls behind, events are dropped and
 //! counted by the sender, never blocking it.
 
@@ -83,9 +84,10 @@ impl Source for ChannelSource {
     }
 }
 
-/// Batches events from `receiver` into the source's output by size or linger time, forwards
-/// barriers in order, and when `stop` is cancelled (or every sender is gone) flushes what is
-/// queued.
+/// Batches events from `receiver` into the source's output (everything queued `linger` after
+/// a batch's first event, in batches of at most `batch_size`), forwards barriers after the
+/// events queued before them, and when `stop` is cancelled (or every sender is gone) flushes
+/// what is queued. The queue must hold what arrives in `linger`.
 pub async fn forward_events(
     receiver: &mut mpsc::Receiver<ApiCall>,
     ctx: &mut SourceContext,
@@ -94,40 +96,47 @@ pub async fn forward_events(
     stop: &CancellationToken,
 ) -> ComponentResult {
     let mut builder = ApiCallBatchBuilder::with_capacity(batch_size);
-    let mut flush_at: Option<tokio::time::Instant> = None;
     loop {
-        let deadline =
-            flush_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        // Wait for a first event; then let the queue fill for `linger` without being woken by
+        // each event (a wake-up per event costs the sender a cross-thread notification), and
+        // take everything at once.
         tokio::select! {
             _ = stop.cancelled() => break,
             Some(barrier) = ctx.barriers.recv() => {
-                if !builder.is_empty() {
-                    ctx.output.send_batch(0, builder.finish()).await?;
-                    flush_at = None;
-                }
+                drain_into(receiver, &mut builder, batch_size, ctx).await?;
                 ctx.output.send_control(Message::Barrier(barrier)).await?;
+                continue;
             }
             call = receiver.recv() => match call {
-                Some(call) => {
-                    builder.push(&call);
-                    if builder.len() >= batch_size {
-                        ctx.output.send_batch(0, builder.finish()).await?;
-                        flush_at = None;
-                    } else if flush_at.is_none() {
-                        flush_at = Some(tokio::time::Instant::now() + linger);
-                    }
-                }
+                Some(call) => builder.push(&call),
                 None => break,
             },
-            _ = tokio::time::sleep_until(deadline), if flush_at.is_some() => {
-                ctx.output.send_batch(0, builder.finish()).await?;
-                flush_at = None;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            Some(barrier) = ctx.barriers.recv() => {
+                drain_into(receiver, &mut builder, batch_size, ctx).await?;
+                ctx.output.send_control(Message::Barrier(barrier)).await?;
             }
+            _ = tokio::time::sleep(linger) => drain_into(receiver, &mut builder, batch_size, ctx).await?,
         }
     }
     // Take what is still queued, then flush.
+    drain_into(receiver, &mut builder, batch_size, ctx).await
+}
+
+/// Moves every queued event into batches of at most `batch_size` and sends them.
+async fn drain_into(
+    receiver: &mut mpsc::Receiver<ApiCall>,
+    builder: &mut ApiCallBatchBuilder,
+    batch_size: usize,
+    ctx: &mut SourceContext,
+) -> ComponentResult {
     while let Ok(call) = receiver.try_recv() {
         builder.push(&call);
+        if builder.len() >= batch_size {
+            ctx.output.send_batch(0, builder.finish()).await?;
+        }
     }
     if !builder.is_empty() {
         ctx.output.send_batch(0, builder.finish()).await?;
