@@ -714,3 +714,94 @@ async fn malformed_requests_get_a_4xx_and_an_event_and_the_proxy_carries_on() {
         "{calls:#?}"
     );
 }
+
+/// Connections an upstream has accepted, and how many of them are still open.
+#[derive(Default)]
+struct ConnectionCount {
+    accepted: std::sync::atomic::AtomicUsize,
+    open: std::sync::atomic::AtomicUsize,
+}
+
+/// A minimal upstream that counts its connections; with `keep_alive` false it closes each
+/// connection after one response.
+async fn start_counting_upstream(keep_alive: bool) -> (SocketAddr, Arc<ConnectionCount>) {
+    use std::sync::atomic::Ordering;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let count = Arc::new(ConnectionCount::default());
+    let counter = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            counter.accepted.fetch_add(1, Ordering::SeqCst);
+            counter.open.fetch_add(1, Ordering::SeqCst);
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(keep_alive)
+                    .serve_connection(TokioIo::new(stream), service_fn(upstream_handler))
+                    .await;
+                counter.open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (address, count)
+}
+
+#[tokio::test]
+async fn a_client_connection_keeps_one_upstream_connection_and_reconnects_when_it_closes() {
+    use std::sync::atomic::Ordering;
+    let call = |client: reqwest::Client, url: String| async move {
+        let response = client
+            .post(format!("{url}/v1/chat/completions"))
+            .body(r#"{"model": "m"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
+    };
+    let one_connection = || {
+        reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(1)
+            .build()
+            .unwrap()
+    };
+    // Sequential calls on one keep-alive client connection share one upstream connection,
+    // which closes when the client connection does.
+    let (upstream, count) = start_counting_upstream(true).await;
+    let proxy = Proxy::start(&format!("http://{upstream}"), "", 64).await;
+    let client = one_connection();
+    for _ in 0..5 {
+        call(client.clone(), proxy.url.clone()).await;
+    }
+    assert_eq!(count.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(count.open.load(Ordering::SeqCst), 1);
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count.open.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(count.open.load(Ordering::SeqCst), 0);
+    let calls = proxy.stop().await;
+    assert_eq!(calls.len(), 5);
+    assert!(calls.iter().all(|c| c.outcome == Outcome::Ok), "{calls:?}");
+
+    // An upstream that closes its connection after every response: each call still succeeds,
+    // on a new upstream connection.
+    let (upstream, count) = start_counting_upstream(false).await;
+    let proxy = Proxy::start(&format!("http://{upstream}"), "", 64).await;
+    let client = one_connection();
+    for _ in 0..3 {
+        call(client.clone(), proxy.url.clone()).await;
+        // Let the upstream's close arrive, so the next call finds the connection closed.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(count.accepted.load(Ordering::SeqCst), 3);
+    let calls = proxy.stop().await;
+    assert_eq!(calls.len(), 3);
+    assert!(calls.iter().all(|c| c.outcome == Outcome::Ok), "{calls:?}");
+}

@@ -4,6 +4,7 @@
 //! to a bounded queue with `try_send`, and when it is full the event is dropped and counted in
 //! the source's `dropped` metric.
 
+mod affinity;
 mod body;
 pub mod config;
 pub mod extract;
@@ -30,8 +31,10 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use affinity::ConnectionDriver;
 pub use config::ProxyConfig;
 use extract::{CardinalityCap, Recognizer, RouteTemplate};
+use futures::stream::{FuturesUnordered, StreamExt};
 use server::Forwarder;
 pub use server::{strip_hop_by_hop, MALFORMED_ROUTE};
 
@@ -192,8 +195,15 @@ async fn serve(listener: TcpListener, forwarder: Arc<Forwarder>, stop: Cancellat
             },
         };
         let _ = stream.set_nodelay(true);
+        // This connection's own upstream connections, driven by the task that serves it.
+        let (drivers, mut new_drivers) = mpsc::unbounded_channel::<ConnectionDriver>();
+        let affinity = Arc::new(forwarder.affinity(drivers));
         let handler = forwarder.clone();
-        let service = service_fn(move |request| handler.clone().handle(request, client));
+        let service = service_fn(move |request| {
+            handler
+                .clone()
+                .handle(request, client, Some(affinity.clone()))
+        });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
@@ -201,7 +211,16 @@ async fn serve(listener: TcpListener, forwarder: Arc<Forwarder>, stop: Cancellat
         let recorder = forwarder.clone();
         tokio::spawn(async move {
             let since = std::time::Instant::now();
-            if let Err(error) = connection.await {
+            let mut connection = std::pin::pin!(connection);
+            let mut upstreams = FuturesUnordered::new();
+            let result = loop {
+                tokio::select! {
+                    result = &mut connection => break result,
+                    Some(driver) = new_drivers.recv() => upstreams.push(driver),
+                    Some(()) = upstreams.next(), if !upstreams.is_empty() => {}
+                }
+            };
+            if let Err(error) = result {
                 // Requests hyper rejected before any handler ran still become events.
                 if let Some(error) = error.downcast_ref::<hyper::Error>() {
                     if error.is_parse_too_large() {

@@ -19,7 +19,9 @@ use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::mpsc;
 
+use super::affinity::{Affinity, ConnectionDriver};
 use super::body::{CallRecord, ObservedBody, TeeBody};
 use super::config::{HostHeader, ProxyConfig, UpstreamProtocol, WebSocketPolicy};
 use super::observe::BodyKind;
@@ -142,11 +144,24 @@ impl Forwarder {
         self.emitter.emit(event, &[]);
     }
 
-    /// Handles one request. Never fails: upstream problems become 502 / 504 responses.
+    /// A client connection's own upstream connection (see [`Affinity`]), to be driven by
+    /// the task serving that client connection through `drivers`.
+    pub fn affinity(&self, drivers: mpsc::UnboundedSender<ConnectionDriver>) -> Affinity {
+        Affinity::new(
+            self.upstream_authority.clone(),
+            self.config.connect_timeout.0,
+            drivers,
+        )
+    }
+
+    /// Handles one request. Never fails: upstream problems become 502 / 504 responses. Calls
+    /// of an HTTP/1.1 client go over `affinity` (its connection's own upstream connection)
+    /// when given; HTTP/2 calls, upgrades and an h2c upstream use the shared pool.
     pub async fn handle(
         self: Arc<Self>,
         mut request: Request<Incoming>,
         client: SocketAddr,
+        affinity: Option<Arc<Affinity>>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let event_time = now_micros();
@@ -155,7 +170,7 @@ impl Forwarder {
             .get(&self.request_id_header)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            .unwrap_or_else(new_request_id);
         let path = request.uri().path().to_string();
         let path_info = self.emitter.recognizer.from_path(&path);
         let header_model = self
@@ -209,6 +224,11 @@ impl Forwarder {
             ));
         }
         let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut request));
+        let affinity = affinity.filter(|_| {
+            !is_upgrade
+                && request.version() <= hyper::Version::HTTP_11
+                && self.config.upstream_protocol == UpstreamProtocol::Http1
+        });
 
         // Build the upstream request.
         let (mut parts, body) = request.into_parts();
@@ -281,20 +301,28 @@ impl Forwarder {
         let upstream_request = Request::from_parts(parts, body);
         let before_send = started.elapsed();
 
-        let response = tokio::time::timeout(
-            self.config.response_timeout.0,
-            self.client.request(upstream_request),
-        )
-        .await;
+        let send = async {
+            match affinity {
+                Some(affinity) => affinity
+                    .send(upstream_request)
+                    .await
+                    .map_err(|error| error_chain(&error)),
+                None => self
+                    .client
+                    .request(upstream_request)
+                    .await
+                    .map_err(|error| error_chain(&error)),
+            }
+        };
+        let response = tokio::time::timeout(self.config.response_timeout.0, send).await;
         let mut response = match response {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
                 let mut record = record;
                 record.event.status_code = Some(502);
                 let message = format!(
-                    "the upstream {} could not be reached: {}",
-                    self.upstream_authority,
-                    error_chain(&error)
+                    "the upstream {} could not be reached: {error}",
+                    self.upstream_authority
                 );
                 record.emit(Some(Outcome::UpstreamUnreachable), Some(0), None);
                 return Ok(Self::json_error(
@@ -370,6 +398,14 @@ impl Forwarder {
     }
 }
 
+/// A random (version 4) UUID from the thread's random generator: `Uuid::new_v4` asks the
+/// kernel for every one, a system call per proxied call.
+fn new_request_id() -> String {
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .to_string()
+}
+
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -436,6 +472,14 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["authorization"]);
+    }
+
+    #[test]
+    fn generated_request_ids_are_distinct_version_4_uuids() {
+        let (first, second) = (new_request_id(), new_request_id());
+        assert_ne!(first, second);
+        let parsed = uuid::Uuid::parse_str(&first).expect("a UUID");
+        assert_eq!(parsed.get_version_num(), 4);
     }
 
     #[test]
