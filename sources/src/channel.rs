@@ -96,29 +96,30 @@ pub async fn forward_events(
     stop: &CancellationToken,
 ) -> ComponentResult {
     let mut builder = ApiCallBatchBuilder::with_capacity(batch_size);
+    // Wait for a first event; then let the queue fill for `linger` without being woken by each
+    // event (a wake-up per event costs the sender a cross-thread notification), and take
+    // everything at once.
+    let mut drain_at: Option<tokio::time::Instant> = None;
     loop {
-        // Wait for a first event; then let the queue fill for `linger` without being woken by
-        // each event (a wake-up per event costs the sender a cross-thread notification), and
-        // take everything at once.
+        let deadline = drain_at.unwrap_or_else(tokio::time::Instant::now);
         tokio::select! {
             _ = stop.cancelled() => break,
             Some(barrier) = ctx.barriers.recv() => {
                 drain_into(receiver, &mut builder, batch_size, ctx).await?;
                 ctx.output.send_control(Message::Barrier(barrier)).await?;
-                continue;
+                drain_at = None;
             }
-            call = receiver.recv() => match call {
-                Some(call) => builder.push(&call),
+            call = receiver.recv(), if drain_at.is_none() => match call {
+                Some(call) => {
+                    builder.push(&call);
+                    drain_at = Some(tokio::time::Instant::now() + linger);
+                }
                 None => break,
             },
-        }
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            Some(barrier) = ctx.barriers.recv() => {
+            _ = tokio::time::sleep_until(deadline), if drain_at.is_some() => {
                 drain_into(receiver, &mut builder, batch_size, ctx).await?;
-                ctx.output.send_control(Message::Barrier(barrier)).await?;
+                drain_at = None;
             }
-            _ = tokio::time::sleep(linger) => drain_into(receiver, &mut builder, batch_size, ctx).await?,
         }
     }
     // Take what is still queued, then flush.

@@ -132,7 +132,7 @@ impl Forwarder {
         labels.insert("client_address".to_string(), client.ip().to_string());
         let event = ApiCall {
             event_time: now_micros(),
-            request_id: uuid::Uuid::new_v4().to_string(),
+            request_id: new_request_id(),
             endpoint: Some(MALFORMED_ROUTE.to_string()),
             status_code: Some(status),
             outcome: Outcome::ClientError,
