@@ -805,3 +805,76 @@ async fn a_client_connection_keeps_one_upstream_connection_and_reconnects_when_i
     assert_eq!(calls.len(), 3);
     assert!(calls.iter().all(|c| c.outcome == Outcome::Ok), "{calls:?}");
 }
+
+async fn open_connections_per_worker(proxy: &Proxy) -> Vec<u64> {
+    let health: serde_json::Value = client()
+        .get(format!("{}/health", proxy.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    health["open_connections_per_worker"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no open_connections_per_worker in {health}"))
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect()
+}
+
+async fn wait_for_worker_load(proxy: &Proxy, expected: &[u64]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let load = open_connections_per_worker(proxy).await;
+        if load == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "open connections per worker: {load:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn connections_are_spread_over_the_workers_and_each_serves_its_calls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = start_upstream().await;
+    let proxy = Proxy::start(&format!("http://{upstream}"), "workers = 3", 64).await;
+    let address = proxy.url.trim_start_matches("http://").to_string();
+    let mut connections = Vec::new();
+    for _ in 0..6 {
+        connections.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    // Each new connection goes to the worker with the fewest open ones.
+    wait_for_worker_load(&proxy, &[2, 2, 2]).await;
+    for (index, stream) in connections.iter_mut().enumerate() {
+        for call in 0..2 {
+            let request = format!("GET /v2/models/m{index}/infer?call={call} HTTP/1.1\r\nHost: proxy\r\nContent-Length: 0\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            let mut buffer = [0u8; 4096];
+            // The response's body is JSON ending with `}`: read until the whole of it is in.
+            while !answer.ends_with(b"}") {
+                let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+                    .await
+                    .expect("the proxy answers in time")
+                    .unwrap();
+                assert!(n > 0, "connection {index} closed before its response");
+                answer.extend_from_slice(&buffer[..n]);
+            }
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        }
+    }
+    drop(connections);
+    wait_for_worker_load(&proxy, &[0, 0, 0]).await;
+    let calls = proxy.stop().await;
+    assert_eq!(calls.len(), 12);
+    let mut models: Vec<_> = calls.iter().filter_map(|c| c.model.clone()).collect();
+    models.sort();
+    models.dedup();
+    assert_eq!(models, ["m0", "m1", "m2", "m3", "m4", "m5"]);
+}

@@ -1,6 +1,7 @@
 //! Settings of the `proxy` source.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 
 use engine::time::ConfigDuration;
 use serde::Deserialize;
@@ -84,8 +85,15 @@ pub struct ProxyConfig {
     pub batch_size: usize,
     #[serde(default = "default_linger")]
     pub linger: ConfigDuration,
+    /// Threads serving client connections, each with its own single-threaded runtime (one per
+    /// core by default, as nginx's `worker_processes auto`).
+    #[serde(default = "default_workers")]
+    pub workers: NonZeroUsize,
 }
 
+fn default_workers() -> NonZeroUsize {
+    std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+}
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9090))
 }

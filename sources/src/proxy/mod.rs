@@ -7,9 +7,11 @@
 mod affinity;
 mod body;
 pub mod config;
+mod connection;
 pub mod extract;
 pub mod observe;
 mod server;
+mod workers;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,18 +27,16 @@ use engine::schema::api_call::{api_call_schema, ApiCall};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use affinity::ConnectionDriver;
 pub use config::ProxyConfig;
 use extract::{CardinalityCap, Recognizer, RouteTemplate};
-use futures::stream::{FuturesUnordered, StreamExt};
 use server::Forwarder;
 pub use server::{strip_hop_by_hop, MALFORMED_ROUTE};
+use workers::{WorkerLoad, Workers};
 
 /// Finishes events (model from the body prefix, caps) and queues them without blocking.
 pub struct Emitter {
@@ -135,6 +135,7 @@ async fn serve_admin(
     listener: TcpListener,
     metrics: Arc<ComponentMetrics>,
     upstream: String,
+    load: WorkerLoad,
     stop: CancellationToken,
 ) {
     loop {
@@ -147,16 +148,24 @@ async fn serve_admin(
         };
         let metrics = metrics.clone();
         let upstream = upstream.clone();
+        let load = load.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
                 let upstream = upstream.clone();
+                let load = load.clone();
                 async move {
                     let (status, body) = if request.uri().path() == "/health" {
                         let snapshot = metrics.snapshot();
                         (
                             StatusCode::OK,
-                            serde_json::json!({"status": "ok", "upstream": upstream, "events": snapshot.events_out, "events_dropped": snapshot.dropped}),
+                            serde_json::json!({
+                                "status": "ok",
+                                "upstream": upstream,
+                                "events": snapshot.events_out,
+                                "events_dropped": snapshot.dropped,
+                                "open_connections_per_worker": load.open_connections(),
+                            }),
                         )
                     } else {
                         (
@@ -180,60 +189,24 @@ async fn serve_admin(
     }
 }
 
-async fn serve(listener: TcpListener, forwarder: Arc<Forwarder>, stop: CancellationToken) {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+/// Accepts connections and hands each to a worker; on stop, waits for the workers' calls in
+/// flight to finish.
+async fn accept(listener: TcpListener, workers: Workers, stop: CancellationToken) {
     loop {
-        let (stream, client) = tokio::select! {
+        tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok((stream, client)) => workers.dispatch(stream, client),
                 Err(error) => {
+                    // Out of file descriptors, say: back off instead of spinning on it.
                     tracing::warn!(%error, "accepting a connection failed");
-                    continue;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 }
             },
-        };
-        let _ = stream.set_nodelay(true);
-        // This connection's own upstream connections, driven by the task that serves it.
-        let (drivers, mut new_drivers) = mpsc::unbounded_channel::<ConnectionDriver>();
-        let affinity = Arc::new(forwarder.affinity(drivers));
-        let handler = forwarder.clone();
-        let service = service_fn(move |request| {
-            handler
-                .clone()
-                .handle(request, client, Some(affinity.clone()))
-        });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        let recorder = forwarder.clone();
-        tokio::spawn(async move {
-            let since = std::time::Instant::now();
-            let mut connection = std::pin::pin!(connection);
-            let mut upstreams = FuturesUnordered::new();
-            let result = loop {
-                tokio::select! {
-                    result = &mut connection => break result,
-                    Some(driver) = new_drivers.recv() => upstreams.push(driver),
-                    Some(()) = upstreams.next(), if !upstreams.is_empty() => {}
-                }
-            };
-            if let Err(error) = result {
-                // Requests hyper rejected before any handler ran still become events.
-                if let Some(error) = error.downcast_ref::<hyper::Error>() {
-                    if error.is_parse_too_large() {
-                        recorder.malformed_request(client, 431, &error.to_string(), since);
-                    } else if error.is_parse() {
-                        recorder.malformed_request(client, 400, &error.to_string(), since);
-                    }
-                }
-            }
-        });
+        }
     }
-    // Let calls in flight finish (bounded), so their events are emitted.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown()).await;
+    drop(listener);
+    workers.finish().await;
 }
 
 #[async_trait]
@@ -261,12 +234,21 @@ impl Source for ProxySource {
             Arc::new(Forwarder::new(config.clone(), emitter).map_err(ComponentError::other)?);
         let stop = ctx.shutdown.child_token();
         tracing::info!(source = %ctx.id, listen = %config.listen, upstream = %config.upstream, "proxy listening");
-        let server = tokio::spawn(serve(listener, forwarder, stop.clone()));
+        let workers = Workers::start(
+            config.workers.get(),
+            &ctx.id.to_string(),
+            forwarder,
+            stop.clone(),
+        )
+        .map_err(|e| ComponentError::other(format!("cannot start the proxy's workers: {e}")))?;
+        let load = workers.load();
+        let server = tokio::spawn(accept(listener, workers, stop.clone()));
         if let Some(admin) = admin {
             tokio::spawn(serve_admin(
                 admin,
                 ctx.metrics.clone(),
                 config.upstream.clone(),
+                load,
                 stop.clone(),
             ));
         }

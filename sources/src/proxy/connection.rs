@@ -1,0 +1,70 @@
+//! One client connection of the proxy: hyper serves it (HTTP/1.1 or h2c, with upgrades), its
+//! own upstream connections are driven by the same task, and requests hyper refuses before
+//! any handler runs still become events.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::affinity::ConnectionDriver;
+use super::server::Forwarder;
+
+/// The connection builder every worker uses.
+pub fn builder() -> auto::Builder<TokioExecutor> {
+    auto::Builder::new(TokioExecutor::new())
+}
+
+/// The task serving `stream` until the client closes it (or the proxy stops, via `graceful`).
+pub fn serve(
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    stream: TcpStream,
+    client: SocketAddr,
+    forwarder: Arc<Forwarder>,
+) -> impl Future<Output = ()> + Send + 'static {
+    let _ = stream.set_nodelay(true);
+    // This connection's own upstream connections, driven by the task that serves it.
+    let (drivers, mut new_drivers) = mpsc::unbounded_channel::<ConnectionDriver>();
+    let affinity = Arc::new(forwarder.affinity(drivers));
+    let handler = forwarder.clone();
+    let service = service_fn(move |request| {
+        handler
+            .clone()
+            .handle(request, client, Some(affinity.clone()))
+    });
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .into_owned();
+    let connection = graceful.watch(connection);
+    async move {
+        let since = Instant::now();
+        let mut connection = std::pin::pin!(connection);
+        let mut upstreams = FuturesUnordered::new();
+        let result = loop {
+            tokio::select! {
+                result = &mut connection => break result,
+                Some(driver) = new_drivers.recv() => upstreams.push(driver),
+                Some(()) = upstreams.next(), if !upstreams.is_empty() => {}
+            }
+        };
+        if let Err(error) = result {
+            // Requests hyper rejected before any handler ran still become events.
+            if let Some(error) = error.downcast_ref::<hyper::Error>() {
+                if error.is_parse_too_large() {
+                    forwarder.malformed_request(client, 431, &error.to_string(), since);
+                } else if error.is_parse() {
+                    forwarder.malformed_request(client, 400, &error.to_string(), since);
+                }
+            }
+        }
+    }
+}
