@@ -5,7 +5,8 @@
 #
 #   benches/proxy/run.sh [duration=15s] [connections=64]
 #   (RATE=5000: the fixed-rate part's rate; ROUNDS=3: rounds of every path in turn, since a
-#   shared machine has slow spells and one pass can land in one)
+#   shared machine has slow spells and one pass can land in one; PIPELINE=path: another
+#   pipeline binary, e.g. an earlier build kept aside for an A/B)
 #
 # Then, at a fixed rate (benches' `fixed-rate` tool, open loop), the latency each path adds
 # over the direct call.
@@ -18,7 +19,7 @@ duration="${1:-15s}"
 connections="${2:-64}"
 rounds="${ROUNDS:-3}"
 target="${CARGO_TARGET_DIR:-$HOME/.cache/pipeline-target}"
-pipeline="$target/release/pipeline"
+pipeline="${PIPELINE:-$target/release/pipeline}"
 [ -x "$pipeline" ] || { echo "build first: cargo build --release -p pipeline" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { echo "nginx is missing: apt-get install nginx-light" >&2; exit 1; }
