@@ -128,8 +128,10 @@ mod tests {
 
     #[tokio::test]
     async fn ticks_count_every_elapsed_interval() {
-        let ticker = Ticker::new(Duration::from_micros(200)).expect("timerfd");
+        // Taken before the ticker is armed: a test thread preempted between the two must not
+        // make the schedule look early.
         let started = Instant::now();
+        let ticker = Ticker::new(Duration::from_micros(200)).expect("timerfd");
         let mut ticks = 0;
         while ticks < 50 {
             ticks += ticker.tick().await.expect("tick");
