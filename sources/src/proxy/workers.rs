@@ -22,8 +22,8 @@ use super::server::Forwarder;
 /// How long calls in flight may take to finish once the proxy stops.
 const GRACE: Duration = Duration::from_secs(10);
 
-/// A connection accepted by the acceptor, on its way to a worker.
-type Handoff = (std::net::TcpStream, SocketAddr);
+/// A connection accepted by the acceptor, on its way to a worker, counted open from here on.
+type Handoff = (std::net::TcpStream, SocketAddr, OpenConnection);
 
 struct Worker {
     connections: mpsc::UnboundedSender<Handoff>,
@@ -49,8 +49,16 @@ impl WorkerLoad {
     }
 }
 
-/// Counts a connection open from hand-off until its task ends (or is dropped with the runtime).
+/// Counts a connection open from hand-off until its task ends, or until it is dropped unserved
+/// (left in a stopping worker's queue, or with the runtime).
 struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn count(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        Self(open.clone())
+    }
+}
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
@@ -75,7 +83,7 @@ impl Workers {
             let (connections, incoming) = mpsc::unbounded_channel();
             let (done, finished_one) = oneshot::channel();
             let open = Arc::new(AtomicUsize::new(0));
-            let serve = run_worker(incoming, forwarder.clone(), open.clone(), stop.clone());
+            let serve = run_worker(incoming, forwarder.clone(), stop.clone());
             std::thread::Builder::new()
                 .name(format!("proxy-{name}-{index}"))
                 .spawn(move || {
@@ -94,15 +102,9 @@ impl Workers {
         WorkerLoad(self.workers.iter().map(|w| w.open.clone()).collect())
     }
 
-    /// Hands `stream` to the worker with the fewest open connections.
+    /// Hands `stream` to the worker with the fewest open connections (the next fewest if that
+    /// one has stopped).
     pub fn dispatch(&self, stream: TcpStream, client: SocketAddr) {
-        let Some(worker) = self
-            .workers
-            .iter()
-            .min_by_key(|worker| worker.open.load(Ordering::Relaxed))
-        else {
-            return;
-        };
         let stream = match stream.into_std() {
             Ok(stream) => stream,
             Err(error) => {
@@ -110,11 +112,18 @@ impl Workers {
                 return;
             }
         };
-        worker.open.fetch_add(1, Ordering::Relaxed);
-        if worker.connections.send((stream, client)).is_err() {
-            // The worker has stopped (the proxy is stopping): the connection is closed.
-            worker.open.fetch_sub(1, Ordering::Relaxed);
+        let mut by_load: Vec<&Worker> = self.workers.iter().collect();
+        by_load.sort_by_key(|worker| worker.open.load(Ordering::Relaxed));
+        let mut stream = stream;
+        for worker in by_load {
+            let guard = OpenConnection::count(&worker.open);
+            match worker.connections.send((stream, client, guard)) {
+                Ok(()) => return,
+                // This worker has stopped; the guard returned with the hand-off uncounts it.
+                Err(mpsc::error::SendError((returned, _, _guard))) => stream = returned,
+            }
         }
+        // Every worker has stopped (the proxy is stopping): the connection is closed.
     }
 
     /// Stops handing out connections and waits until every worker has finished its calls in
@@ -130,20 +139,18 @@ impl Workers {
 async fn run_worker(
     mut incoming: mpsc::UnboundedReceiver<Handoff>,
     forwarder: Arc<Forwarder>,
-    open: Arc<AtomicUsize>,
     stop: CancellationToken,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = connection::builder();
     loop {
-        let (stream, client) = tokio::select! {
+        let (stream, client, guard) = tokio::select! {
             _ = stop.cancelled() => break,
             handed = incoming.recv() => match handed {
                 Some(handed) => handed,
                 None => break,
             },
         };
-        let guard = OpenConnection(open.clone());
         let stream = match TcpStream::from_std(stream) {
             Ok(stream) => stream,
             Err(error) => {
@@ -160,4 +167,36 @@ async fn run_worker(
     // Connections handed over but not yet taken are closed; calls in flight may finish.
     drop(incoming);
     let _ = tokio::time::timeout(GRACE, graceful.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker() -> (Worker, mpsc::UnboundedReceiver<Handoff>) {
+        let (connections, incoming) = mpsc::unbounded_channel();
+        let open = Arc::new(AtomicUsize::new(0));
+        (Worker { connections, open }, incoming)
+    }
+
+    #[tokio::test]
+    async fn a_stopped_worker_is_skipped_and_an_unserved_connection_is_uncounted() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stopped, stopped_queue) = worker();
+        let (running, mut running_queue) = worker();
+        drop(stopped_queue);
+        let workers = Workers {
+            workers: vec![stopped, running],
+            finished: Vec::new(),
+        };
+        let _client = TcpStream::connect(address).await.unwrap();
+        let (accepted, client) = listener.accept().await.unwrap();
+        workers.dispatch(accepted, client);
+        // Both had no connections; the first has stopped, so the second took it.
+        assert_eq!(workers.load().open_connections(), [0, 1]);
+        let handed = running_queue.try_recv().expect("the running worker got it");
+        drop(handed);
+        assert_eq!(workers.load().open_connections(), [0, 0]);
+    }
 }
