@@ -81,6 +81,7 @@ async fn upstream_handler(
     mut request: Request<Incoming>,
 ) -> Result<Response<UpstreamBody>, Infallible> {
     let path = request.uri().path().to_string();
+    let target = request.uri().to_string();
     if path == "/ws" {
         let upgrade = hyper::upgrade::on(&mut request);
         tokio::spawn(async move {
@@ -158,7 +159,7 @@ async fn upstream_handler(
             *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
             response
         }
-        _ => json(serde_json::json!({"outputs": [], "path": path})),
+        _ => json(serde_json::json!({"outputs": [], "path": path, "target": target})),
     };
     Ok(response)
 }
@@ -420,6 +421,44 @@ async fn headers_follow_rfc_9110_and_carry_forwarding_information() {
     assert_eq!(seen["authorization"], "Bearer secret");
     let calls = proxy.stop().await;
     assert_eq!(calls[0].request_id, "req-42");
+}
+
+#[tokio::test]
+async fn the_upstream_gets_origin_form_targets_under_its_base_path() {
+    let upstream = start_upstream().await;
+    // HTTP/1.1 calls go over the client connection's own upstream connection, HTTP/2 calls
+    // over the shared pool: both send the origin-form target RFC 9112 §3.2.1 asks for. An h2c
+    // upstream gets the path in `:path` (hyper shows it as an absolute URI).
+    let cases = [
+        ("", false, "/base/v2/models/m/ready?verbose=1".to_string()),
+        ("", true, "/base/v2/models/m/ready?verbose=1".to_string()),
+        (
+            "upstream_protocol = \"h2c\"",
+            false,
+            format!("http://{upstream}/base/v2/models/m/ready?verbose=1"),
+        ),
+    ];
+    for (settings, http2_client, expected) in cases {
+        let proxy = Proxy::start(&format!("http://{upstream}/base/"), settings, 64).await;
+        let client = if http2_client {
+            reqwest::Client::builder()
+                .http2_prior_knowledge()
+                .build()
+                .unwrap()
+        } else {
+            client()
+        };
+        let seen: serde_json::Value = client
+            .get(format!("{}/v2/models/m/ready?verbose=1", proxy.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(seen["target"], expected.as_str(), "{settings} {seen}");
+        proxy.stop().await;
+    }
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ use engine::time::now_micros;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST, UPGRADE};
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -46,8 +47,10 @@ const HOP_BY_HOP: [&str; 8] = [
 
 pub struct Forwarder {
     pub config: ProxyConfig,
-    upstream_scheme: String,
     upstream_authority: String,
+    upstream_authority_parsed: Authority,
+    /// The `Host` header sent upstream when `host = "rewrite"`.
+    upstream_host: HeaderValue,
     upstream_base_path: String,
     client: Client<HttpConnector, TeeBody<Incoming>>,
     pub emitter: Arc<Emitter>,
@@ -68,14 +71,15 @@ impl Forwarder {
             .upstream
             .parse()
             .map_err(|e| format!("`upstream` {:?} is not a URL: {e}", config.upstream))?;
-        let scheme = upstream.scheme_str().unwrap_or("http").to_string();
-        if scheme != "http" {
+        if upstream.scheme_str().unwrap_or("http") != "http" {
             return Err(format!("`upstream` must be an http:// URL (TLS to the upstream is not supported), got {:?}", config.upstream));
         }
         let authority = upstream
             .authority()
-            .map(|a| a.to_string())
+            .cloned()
             .ok_or_else(|| format!("`upstream` {:?} names no host", config.upstream))?;
+        let upstream_host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| format!("`upstream` {:?} names no valid host", config.upstream))?;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout.0));
         connector.set_nodelay(true);
@@ -102,9 +106,10 @@ impl Forwarder {
                 .as_deref()
                 .map(|h| header_name(h, "overhead"))
                 .transpose()?,
-            upstream_scheme: scheme,
             upstream_base_path: upstream.path().trim_end_matches('/').to_string(),
-            upstream_authority: authority,
+            upstream_authority: authority.to_string(),
+            upstream_authority_parsed: authority,
+            upstream_host,
             client,
             config,
             emitter,
@@ -230,26 +235,22 @@ impl Forwarder {
                 && self.config.upstream_protocol == UpstreamProtocol::Http1
         });
 
-        // Build the upstream request.
+        // Build the upstream request: origin-form on the client connection's own upstream
+        // connection (RFC 9112 §3.2.1), absolute-form for the shared pool, which takes the
+        // upstream from it and sends origin-form itself.
         let (mut parts, body) = request.into_parts();
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let uri = format!(
-            "{}://{}{}{}",
-            self.upstream_scheme, self.upstream_authority, self.upstream_base_path, path_and_query
-        );
         let original_host = parts.headers.get(HOST).cloned().or_else(|| {
             parts
                 .uri
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        match uri.parse() {
-            Ok(uri) => parts.uri = uri,
-            Err(_) => {
+        let absolute = affinity
+            .is_none()
+            .then_some(&self.upstream_authority_parsed);
+        match upstream_target(&parts.uri, &self.upstream_base_path, absolute) {
+            Some(uri) => parts.uri = uri,
+            None => {
                 record.emit(Some(Outcome::ClientError), Some(0), None);
                 return Ok(Self::json_error(
                     StatusCode::BAD_REQUEST,
@@ -276,9 +277,7 @@ impl Forwarder {
         parts.version = hyper::Version::HTTP_11;
         match self.config.host {
             HostHeader::Rewrite => {
-                if let Ok(host) = HeaderValue::from_str(&self.upstream_authority) {
-                    parts.headers.insert(HOST, host);
-                }
+                parts.headers.insert(HOST, self.upstream_host.clone());
             }
             HostHeader::Keep => {
                 if let Some(host) = original_host.clone() {
@@ -398,6 +397,30 @@ impl Forwarder {
     }
 }
 
+/// The target of the upstream request for a client's `uri`: the upstream's `base_path`
+/// joined with the client's path and query, in absolute form when an `authority` is given.
+/// `None` for a target that is not a path (`*`, authority-form) or that does not join into a
+/// valid URI.
+fn upstream_target(uri: &Uri, base_path: &str, authority: Option<&Authority>) -> Option<Uri> {
+    let client_target = match uri.path_and_query() {
+        Some(target) if target.as_str().starts_with('/') => target.clone(),
+        Some(_) => return None,
+        None => PathAndQuery::from_static("/"),
+    };
+    let path_and_query = if base_path.is_empty() {
+        client_target
+    } else {
+        PathAndQuery::try_from(format!("{base_path}{client_target}")).ok()?
+    };
+    let mut parts = hyper::http::uri::Parts::default();
+    if let Some(authority) = authority {
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(authority.clone());
+    }
+    parts.path_and_query = Some(path_and_query);
+    Uri::from_parts(parts).ok()
+}
+
 /// A random (version 4) UUID from the thread's random generator: `Uuid::new_v4` asks the
 /// kernel for every one, a system call per proxied call.
 fn new_request_id() -> String {
@@ -480,6 +503,33 @@ mod tests {
         assert_ne!(first, second);
         let parsed = uuid::Uuid::parse_str(&first).expect("a UUID");
         assert_eq!(parsed.get_version_num(), 4);
+    }
+
+    #[test]
+    fn upstream_targets_are_origin_form_on_an_own_connection_and_absolute_for_the_pool() {
+        let authority: Authority = "127.0.0.1:8000".parse().unwrap();
+        let target = |uri: &str, base: &str, authority: Option<&Authority>| {
+            upstream_target(&uri.parse().unwrap(), base, authority).map(|u| u.to_string())
+        };
+        assert_eq!(
+            target("/v1/chat?x=1", "", None).as_deref(),
+            Some("/v1/chat?x=1")
+        );
+        assert_eq!(
+            target("/v1/chat?x=1", "/api", None).as_deref(),
+            Some("/api/v1/chat?x=1")
+        );
+        assert_eq!(
+            target("/v1/chat", "/api", Some(&authority)).as_deref(),
+            Some("http://127.0.0.1:8000/api/v1/chat")
+        );
+        // A client's absolute-form target keeps only its path and query.
+        assert_eq!(
+            target("http://elsewhere:9/p?q", "", None).as_deref(),
+            Some("/p?q")
+        );
+        assert_eq!(target("http://elsewhere:9", "", None).as_deref(), Some("/"));
+        assert_eq!(target("*", "", None), None);
     }
 
     #[test]
