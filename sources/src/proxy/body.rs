@@ -16,22 +16,24 @@ use hyper::body::{Body, Frame, SizeHint};
 use super::observe::{BodyKind, ResponseObserver};
 use super::Emitter;
 
+/// What the request body's wrapper has seen, read when the call's event is emitted.
+#[derive(Default)]
+pub struct RequestTap {
+    bytes: AtomicU64,
+    prefix: Mutex<Vec<u8>>,
+}
+
 /// The request body, passed through frame by frame.
 pub struct TeeBody<B> {
     inner: B,
-    prefix: Arc<Mutex<Vec<u8>>>,
+    tap: Arc<RequestTap>,
+    /// Bytes of the body's start to keep (0 when the model is already known).
     limit: usize,
-    bytes: Arc<AtomicU64>,
 }
 
 impl<B> TeeBody<B> {
-    pub fn new(inner: B, prefix: Arc<Mutex<Vec<u8>>>, limit: usize, bytes: Arc<AtomicU64>) -> Self {
-        Self {
-            inner,
-            prefix,
-            limit,
-            bytes,
-        }
+    pub fn new(inner: B, tap: Arc<RequestTap>, limit: usize) -> Self {
+        Self { inner, tap, limit }
     }
 }
 
@@ -47,11 +49,15 @@ impl<B: Body<Data = Bytes> + Unpin> Body for TeeBody<B> {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
-                this.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                let mut prefix = this.prefix.lock().unwrap_or_else(|e| e.into_inner());
-                let room = this.limit.saturating_sub(prefix.len());
-                if room > 0 {
-                    prefix.extend_from_slice(&data[..room.min(data.len())]);
+                this.tap
+                    .bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                if this.limit > 0 {
+                    let mut prefix = this.tap.prefix.lock().unwrap_or_else(|e| e.into_inner());
+                    let room = this.limit.saturating_sub(prefix.len());
+                    if room > 0 {
+                        prefix.extend_from_slice(&data[..room.min(data.len())]);
+                    }
                 }
             }
         }
@@ -71,8 +77,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for TeeBody<B> {
 pub struct CallRecord {
     pub event: ApiCall,
     pub started: Instant,
-    pub request_prefix: Arc<Mutex<Vec<u8>>>,
-    pub request_bytes: Arc<AtomicU64>,
+    pub request: Arc<RequestTap>,
     pub emitter: Arc<Emitter>,
 }
 
@@ -85,7 +90,7 @@ impl CallRecord {
         observer: Option<ResponseObserver>,
     ) {
         self.event.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
-        self.event.request_bytes = Some(self.request_bytes.load(Ordering::Relaxed));
+        self.event.request_bytes = Some(self.request.bytes.load(Ordering::Relaxed));
         self.event.response_bytes = response_bytes;
         if let Some(outcome) = outcome {
             self.event.outcome = outcome;
@@ -105,11 +110,13 @@ impl CallRecord {
                 .filter(|tokens| *tokens > 0 && generating_ms > 0.0)
                 .map(|tokens| f64::from(tokens) / (generating_ms / 1000.0));
         }
-        let prefix = self
-            .request_prefix
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let prefix = std::mem::take(
+            &mut *self
+                .request
+                .prefix
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
         self.emitter.emit(self.event, &prefix);
     }
 }

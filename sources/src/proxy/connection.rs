@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::affinity::ConnectionDriver;
-use super::server::Forwarder;
+use super::server::{ClientConnection, Forwarder};
 
 /// The connection builder every worker uses.
 pub fn builder() -> auto::Builder<TokioExecutor> {
@@ -36,10 +36,11 @@ pub fn serve(
     let (drivers, mut new_drivers) = mpsc::unbounded_channel::<ConnectionDriver>();
     let affinity = Arc::new(forwarder.affinity(drivers));
     let handler = forwarder.clone();
+    let client_connection = Arc::new(ClientConnection::new(client));
     let service = service_fn(move |request| {
         handler
             .clone()
-            .handle(request, client, Some(affinity.clone()))
+            .handle(request, client_connection.clone(), Some(affinity.clone()))
     });
     let connection = builder
         .serve_connection_with_upgrades(TokioIo::new(stream), service)

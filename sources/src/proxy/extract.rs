@@ -126,6 +126,7 @@ impl Recognizer {
             .and_then(|c| c.name("model").map(|m| m.as_str().to_string()));
         let route = match self.templates.iter().find(|t| t.matches(path)) {
             Some(template) => template.text.clone(),
+            None if !path.split('/').any(looks_like_id) => path.to_string(),
             None => path
                 .split('/')
                 .map(|s| if looks_like_id(s) { "{id}" } else { s })
@@ -199,7 +200,7 @@ pub fn model_from_json_prefix(prefix: &[u8]) -> Option<String> {
     let mut depth = 0i32;
     let mut i = 0;
     let mut expecting_key = false;
-    let mut last_key: Option<String> = None;
+    let mut last_key: Option<&str> = None;
     while i < bytes.len() {
         match bytes[i] {
             b'{' | b'[' => {
@@ -237,8 +238,8 @@ pub fn model_from_json_prefix(prefix: &[u8]) -> Option<String> {
                 let token = &text[start..end];
                 if depth == 1 {
                     if expecting_key {
-                        last_key = Some(token.to_string());
-                    } else if last_key.as_deref() == Some("model") {
+                        last_key = Some(token);
+                    } else if last_key == Some("model") {
                         return serde_json::from_str::<String>(&text[start - 1..=end]).ok();
                     }
                 }

@@ -5,8 +5,12 @@
 //! `completion_tokens` or `input_tokens` / `output_tokens`), found in a bounded tail of the
 //! body so that memory stays flat whatever the response size.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
+use bytes::Bytes;
+use memchr::memmem::FinderRev;
+use serde::Deserialize;
 use serde_json::Value;
 
 /// Longest SSE line kept; longer lines are skipped (they cannot be parsed within bounds).
@@ -44,7 +48,7 @@ pub struct ResponseObserver {
     kind: BodyKind,
     line: Vec<u8>,
     skipping_line: bool,
-    tail: Vec<u8>,
+    tail: Tail,
     content_chunks: u32,
     observed: Observed,
 }
@@ -55,22 +59,17 @@ impl ResponseObserver {
             kind,
             line: Vec::new(),
             skipping_line: false,
-            tail: Vec::new(),
+            tail: Tail::Empty,
             content_chunks: 0,
             observed: Observed::default(),
         }
     }
 
     /// Feeds the next chunk; `elapsed` is the time since the request started.
-    pub fn feed(&mut self, chunk: &[u8], elapsed: Duration) {
+    pub fn feed(&mut self, chunk: &Bytes, elapsed: Duration) {
         match self.kind {
             BodyKind::EventStream => self.feed_stream(chunk, elapsed),
-            BodyKind::Json => {
-                self.tail.extend_from_slice(chunk);
-                if self.tail.len() > 2 * JSON_TAIL {
-                    self.tail.drain(..self.tail.len() - JSON_TAIL);
-                }
-            }
+            BodyKind::Json => self.tail.push(chunk),
             BodyKind::Other => {}
         }
     }
@@ -112,8 +111,9 @@ impl ResponseObserver {
         if let Some(usage) = value
             .get("usage")
             .or_else(|| value.pointer("/message/usage"))
+            .and_then(|usage| Usage::deserialize(usage).ok())
         {
-            read_usage(usage, &mut self.observed);
+            usage.read_into(&mut self.observed);
         }
     }
 
@@ -131,8 +131,8 @@ impl ResponseObserver {
                 }
             }
             BodyKind::Json => {
-                if let Some(usage) = usage_in_tail(&self.tail) {
-                    read_usage(&usage, &mut self.observed);
+                if let Some(usage) = usage_in_tail(self.tail.as_slice()) {
+                    usage.read_into(&mut self.observed);
                 }
             }
             BodyKind::Other => {}
@@ -156,34 +156,86 @@ fn carries_content(value: &Value) -> bool {
         && non_empty(value.pointer("/delta/text"))
 }
 
-fn read_usage(usage: &Value, observed: &mut Observed) {
-    let number = |keys: [&str; 2]| {
-        keys.iter()
-            .find_map(|k| usage.get(*k).and_then(Value::as_u64))
-            .map(|v| v.min(u64::from(u32::MAX)) as u32)
-    };
-    if let Some(input) = number(["prompt_tokens", "input_tokens"]) {
-        observed.input_tokens = Some(input);
+/// The end of a JSON body: its only chunk as received (no copy), or its last bytes.
+enum Tail {
+    Empty,
+    Chunk(Bytes),
+    Buffer(Vec<u8>),
+}
+
+impl Tail {
+    fn push(&mut self, chunk: &Bytes) {
+        match self {
+            Tail::Empty => *self = Tail::Chunk(chunk.clone()),
+            Tail::Chunk(first) => {
+                let mut buffer = Vec::with_capacity(first.len() + chunk.len());
+                buffer.extend_from_slice(first);
+                buffer.extend_from_slice(chunk);
+                *self = Tail::Buffer(buffer);
+            }
+            Tail::Buffer(buffer) => buffer.extend_from_slice(chunk),
+        }
+        if let Tail::Buffer(buffer) = self {
+            if buffer.len() > 2 * JSON_TAIL {
+                buffer.drain(..buffer.len() - JSON_TAIL);
+            }
+        }
     }
-    if let Some(output) = number(["completion_tokens", "output_tokens"]) {
-        observed.output_tokens = Some(output);
-        observed.output_tokens_estimated = false;
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Tail::Empty => &[],
+            Tail::Chunk(chunk) => chunk,
+            Tail::Buffer(buffer) => buffer,
+        }
+    }
+}
+
+/// A `usage` object: both spellings of its counts; other fields are skipped unread. A count
+/// that is not a whole number is ignored, as if absent.
+#[derive(Deserialize)]
+struct Usage {
+    prompt_tokens: Option<Value>,
+    input_tokens: Option<Value>,
+    completion_tokens: Option<Value>,
+    output_tokens: Option<Value>,
+}
+
+impl Usage {
+    fn read_into(&self, observed: &mut Observed) {
+        let number = |spellings: [&Option<Value>; 2]| {
+            spellings
+                .iter()
+                .find_map(|v| v.as_ref().and_then(Value::as_u64))
+                .map(|v| v.min(u64::from(u32::MAX)) as u32)
+        };
+        if let Some(input) = number([&self.prompt_tokens, &self.input_tokens]) {
+            observed.input_tokens = Some(input);
+        }
+        if let Some(output) = number([&self.completion_tokens, &self.output_tokens]) {
+            observed.output_tokens = Some(output);
+            observed.output_tokens_estimated = false;
+        }
     }
 }
 
 /// The last `"usage": {...}` object in the tail of a JSON body.
-fn usage_in_tail(tail: &[u8]) -> Option<Value> {
-    let start = tail.len().saturating_sub(JSON_TAIL);
-    let text = String::from_utf8_lossy(&tail[start..]);
-    let position = text.rfind("\"usage\"")?;
-    let rest = text[position + "\"usage\"".len()..]
-        .trim_start()
-        .strip_prefix(':')?;
-    serde_json::Deserializer::from_str(rest)
-        .into_iter::<Value>()
+fn usage_in_tail(tail: &[u8]) -> Option<Usage> {
+    const KEY: &[u8] = b"\"usage\"";
+    static FINDER: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(KEY));
+    let tail = &tail[tail.len().saturating_sub(JSON_TAIL)..];
+    let position = FINDER.rfind(tail)?;
+    let object = tail[position + KEY.len()..]
+        .trim_ascii_start()
+        .strip_prefix(b":")?
+        .trim_ascii_start();
+    if !object.starts_with(b"{") {
+        return None;
+    }
+    serde_json::Deserializer::from_slice(object)
+        .into_iter::<Usage>()
         .next()?
         .ok()
-        .filter(Value::is_object)
 }
 
 #[cfg(test)]
@@ -192,16 +244,25 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    fn feed(observer: &mut ResponseObserver, chunk: &[u8], elapsed: Duration) {
+        observer.feed(&Bytes::copy_from_slice(chunk), elapsed);
+    }
+
     #[test]
     fn first_content_token_skips_role_frames_and_survives_split_chunks() {
         let mut observer = ResponseObserver::new(BodyKind::EventStream);
-        observer.feed(
+        feed(
+            &mut observer,
             b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n",
             5 * MS,
         );
-        observer.feed(b"data: {\"choices\":[{\"delta\":{\"con", 10 * MS);
-        observer.feed(b"tent\":\"Hi\"}}]}\n\n", 12 * MS);
-        observer.feed(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n", 20 * MS);
+        feed(
+            &mut observer,
+            b"data: {\"choices\":[{\"delta\":{\"con",
+            10 * MS,
+        );
+        feed(&mut observer, b"tent\":\"Hi\"}}]}\n\n", 12 * MS);
+        feed(&mut observer, b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n", 20 * MS);
         let observed = observer.finish();
         assert_eq!(observed.first_token, Some(12 * MS));
         assert_eq!(
@@ -215,7 +276,8 @@ mod tests {
     fn without_usage_content_chunks_are_counted_as_an_estimate() {
         let mut observer = ResponseObserver::new(BodyKind::EventStream);
         for i in 0..4 {
-            observer.feed(
+            feed(
+                &mut observer,
                 format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"w{i}\"}}}}]}}\n\n")
                     .as_bytes(),
                 i * MS,
@@ -230,9 +292,10 @@ mod tests {
     #[test]
     fn anthropic_style_streams_are_understood() {
         let mut observer = ResponseObserver::new(BodyKind::EventStream);
-        observer.feed(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n", MS);
-        observer.feed(b"data: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n", 9 * MS);
-        observer.feed(
+        feed(&mut observer, b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n", MS);
+        feed(&mut observer, b"data: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n", 9 * MS);
+        feed(
+            &mut observer,
             b"data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\n",
             30 * MS,
         );
@@ -247,10 +310,15 @@ mod tests {
     #[test]
     fn json_usage_is_read_from_the_tail_of_any_size_of_body() {
         let mut observer = ResponseObserver::new(BodyKind::Json);
-        observer.feed(b"{\"choices\":[{\"message\":{\"content\":\"", MS);
+        feed(
+            &mut observer,
+            b"{\"choices\":[{\"message\":{\"content\":\"",
+            MS,
+        );
         let filler = vec![b'x'; 100_000];
-        observer.feed(&filler, MS);
-        observer.feed(
+        feed(&mut observer, &filler, MS);
+        feed(
+            &mut observer,
             b"\"}}],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":22,\"total_tokens\":33}}",
             MS,
         );
@@ -260,5 +328,28 @@ mod tests {
             (Some(11), Some(22))
         );
         assert_eq!(observed.first_token, None);
+    }
+
+    #[test]
+    fn json_usage_in_one_chunk_takes_either_spelling_and_skips_what_is_not_a_count() {
+        let observe = |body: &[u8]| {
+            let mut observer = ResponseObserver::new(BodyKind::Json);
+            feed(&mut observer, body, MS);
+            let observed = observer.finish();
+            (observed.input_tokens, observed.output_tokens)
+        };
+        assert_eq!(
+            observe(br#"{"usage": {"input_tokens": 5, "output_tokens": 9, "cache": {"a": [1]}}}"#),
+            (Some(5), Some(9))
+        );
+        assert_eq!(
+            observe(
+                br#"{"usage":{"prompt_tokens":"many","input_tokens":4,"completion_tokens":2.5}}"#
+            ),
+            (Some(4), None)
+        );
+        assert_eq!(observe(br#"{"usage": [1, 2, 3, 4]}"#), (None, None));
+        assert_eq!(observe(br#"{"usage": null}"#), (None, None));
+        assert_eq!(observe(b"\xff\xfe not json"), (None, None));
     }
 }

@@ -5,8 +5,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,7 +13,10 @@ use engine::schema::api_call::{ApiCall, Outcome};
 use engine::time::now_micros;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST, UPGRADE};
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST, PROXY_AUTHORIZATION, TE,
+    TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -23,7 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::mpsc;
 
 use super::affinity::{Affinity, ConnectionDriver};
-use super::body::{CallRecord, ObservedBody, TeeBody};
+use super::body::{CallRecord, ObservedBody, RequestTap, TeeBody};
 use super::config::{HostHeader, ProxyConfig, UpstreamProtocol, WebSocketPolicy};
 use super::observe::BodyKind;
 use super::Emitter;
@@ -34,16 +36,34 @@ pub const MALFORMED_ROUTE: &str = "(malformed request)";
 pub type ProxyBody = Either<ObservedBody<Incoming>, Full<Bytes>>;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
+/// `Connection` comes first.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+    PROXY_AUTHORIZATION,
 ];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// A client connection as the forwarding path sees it, worked out once per connection.
+pub struct ClientConnection {
+    /// The client's IP address as an `X-Forwarded-For` element.
+    forwarded_for: HeaderValue,
+}
+
+impl ClientConnection {
+    pub fn new(address: SocketAddr) -> Self {
+        let forwarded_for = HeaderValue::from_str(&address.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { forwarded_for }
+    }
+}
 
 pub struct Forwarder {
     pub config: ProxyConfig,
@@ -165,7 +185,7 @@ impl Forwarder {
     pub async fn handle(
         self: Arc<Self>,
         mut request: Request<Incoming>,
-        client: SocketAddr,
+        client: Arc<ClientConnection>,
         affinity: Option<Arc<Affinity>>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
@@ -208,13 +228,17 @@ impl Forwarder {
             upstream: Some(self.upstream_authority.clone()),
             ..Default::default()
         };
-        let prefix = Arc::new(Mutex::new(Vec::new()));
-        let request_bytes = Arc::new(AtomicU64::new(0));
+        // The body's start is kept only while the model is still unknown.
+        let prefix_limit = if event.model.is_some() {
+            0
+        } else {
+            self.config.model_body_prefix_bytes
+        };
+        let request_tap = Arc::new(RequestTap::default());
         let record = CallRecord {
             event,
             started,
-            request_prefix: prefix.clone(),
-            request_bytes: request_bytes.clone(),
+            request: request_tap.clone(),
             emitter: self.emitter.clone(),
         };
         if is_upgrade && self.config.websocket == WebSocketPolicy::Refuse {
@@ -285,18 +309,13 @@ impl Forwarder {
                 }
             }
         }
-        append_forwarded(&mut parts.headers, client, original_host.as_ref());
+        append_forwarded(&mut parts.headers, &client, original_host.as_ref());
         if !parts.headers.contains_key(&self.request_id_header) {
             if let Ok(value) = HeaderValue::from_str(&request_id) {
                 parts.headers.insert(self.request_id_header.clone(), value);
             }
         }
-        let body = TeeBody::new(
-            body,
-            prefix,
-            self.config.model_body_prefix_bytes,
-            request_bytes,
-        );
+        let body = TeeBody::new(body, request_tap, prefix_limit);
         let upstream_request = Request::from_parts(parts, body);
         let before_send = started.elapsed();
 
@@ -442,36 +461,66 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    // One pass over the names finds which are present (most messages have none, or only
+    // `Connection: keep-alive`); only those are looked up and removed.
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(index) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[index] = true;
+        }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    if present[0] {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            // `keep-alive`, `close` and the like name no other header: nothing to parse.
+            .filter(|token| {
+                !token.eq_ignore_ascii_case("close")
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|hop| token.eq_ignore_ascii_case(hop.as_str()))
+            })
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
     }
 }
 
-fn append_forwarded(headers: &mut HeaderMap, client: SocketAddr, host: Option<&HeaderValue>) {
-    let ip = client.ip().to_string();
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {ip}"),
-        None => ip,
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", value);
-    }
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+fn append_forwarded(
+    headers: &mut HeaderMap,
+    client: &ClientConnection,
+    host: Option<&HeaderValue>,
+) {
+    let chain = headers
+        .get(&X_FORWARDED_FOR)
+        .and_then(|previous| previous.to_str().ok())
+        .and_then(|previous| {
+            HeaderValue::from_str(&format!(
+                "{previous}, {}",
+                client.forwarded_for.to_str().unwrap_or_default()
+            ))
+            .ok()
+        });
+    headers.insert(
+        X_FORWARDED_FOR,
+        chain.unwrap_or_else(|| client.forwarded_for.clone()),
+    );
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
     if let Some(host) = host {
-        if !headers.contains_key("x-forwarded-host") {
-            headers.insert("x-forwarded-host", host.clone());
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            headers.insert(X_FORWARDED_HOST, host.clone());
         }
     }
 }
@@ -538,7 +587,7 @@ mod tests {
         headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         append_forwarded(
             &mut headers,
-            "127.0.0.9:5000".parse().unwrap(),
+            &ClientConnection::new("127.0.0.9:5000".parse().unwrap()),
             Some(&HeaderValue::from_static("api.example")),
         );
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
