@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Proxy overhead benchmark: wrk against the same fast upstream (nginx returning a fixed
 # OpenAI-style JSON body) directly, through nginx `proxy_pass`, and through the pipeline's proxy
-# source (feeding windows and a null sink), in one run on this machine.
+# source (feeding windows and a null sink), in one run on this machine; also through the
+# hyper floor (benches' `hyper-proxy-floor`: hyper server and client with the source's
+# structure and no capture), the most a hyper-based proxy of this shape can reach.
 #
 #   benches/proxy/run.sh [duration=15s] [connections=64]
 #   (RATE=5000: the fixed-rate part's rate; ROUNDS=3: rounds of every path in turn, since a
 #   shared machine has slow spells and one pass can land in one; PIPELINE=path: another
-#   pipeline binary, e.g. an earlier build kept aside for an A/B)
+#   pipeline binary, e.g. an earlier build kept aside for an A/B; CPU_ROUNDS=3: rounds of the
+#   CPU-per-call measurement, 0 to skip; CALLGRIND=1: also count the proxy's instructions per
+#   call under valgrind's callgrind, which is repeatable whatever else the machine is doing)
 #
 # Then, at a fixed rate (benches' `fixed-rate` tool, open loop), the latency each path adds
 # over the direct call.
@@ -28,6 +32,7 @@ nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 work="$(mktemp -d)"
 cleanup() {
   [ -n "${proxy_pid:-}" ] && kill "$proxy_pid" 2>/dev/null && wait "$proxy_pid" 2>/dev/null || true
+  if [ -n "${floor_pid:-}" ]; then kill "$floor_pid" 2>/dev/null && wait "$floor_pid" 2>/dev/null || true; fi
   for instance in upstream nginx-proxy; do
     "$nginx_bin" -p "$work/$instance" -c "$work/$instance/nginx.conf" -s quit 2>/dev/null || true
   done
@@ -102,6 +107,20 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
+# The floor: a bare hyper proxy with the source's structure and none of its work (no header
+# rewriting, no body taps, no event), so hyper's own cost and the source's can be told apart.
+floor="$target/release/hyper-proxy-floor"
+if [ -x "$floor" ]; then
+  "$floor" --listen 127.0.0.1:19190 --upstream 127.0.0.1:18002 > "$work/floor.log" 2>&1 &
+  floor_pid=$!
+  for _ in $(seq 100); do
+    curl -sf -o /dev/null http://127.0.0.1:19190/ 2>/dev/null && break
+    sleep 0.1
+  done
+else
+  echo "(build the floor for its rows: cargo build --release -p benches --bin hyper-proxy-floor)"
+fi
+
 cat > "$work/post.lua" <<'LUA'
 wrk.method = "POST"
 wrk.body = '{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}'
@@ -125,6 +144,9 @@ for _ in $(seq "$rounds"); do
   run "direct (nginx upstream)" "http://127.0.0.1:18002/v1/chat/completions"
   run "nginx proxy_pass" "http://127.0.0.1:18080/v1/chat/completions"
   run "pipeline proxy (events -> window)" "http://127.0.0.1:19090/v1/chat/completions"
+  if [ -n "${floor_pid:-}" ]; then
+    run "hyper floor (no capture)" "http://127.0.0.1:19190/v1/chat/completions"
+  fi
 done
 
 # Added latency at a fixed, realistic rate (open loop: no coordinated omission).
@@ -140,3 +162,61 @@ else
 fi
 health=$(curl -s http://127.0.0.1:19091/health)
 echo "pipeline proxy /health after the run: $health"
+
+# CPU per call: each process's utime + stime (from /proc/<pid>/stat, in clock ticks) around a
+# 5 s wrk run at 64 connections after 2 s of warm-up, divided by the calls wrk completed. For
+# nginx the sum over its worker processes; the upstream's CPU is not counted for either.
+ticks_per_second=$(getconf CLK_TCK)
+cpu_ticks() {
+  local total=0 pid
+  for pid in "$@"; do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
+cpu_per_call() {
+  local name="$1" url="$2"; shift 2
+  wrk -t1 -c64 -d2s -s "$work/post.lua" "$url" > /dev/null
+  local before calls after
+  before=$(cpu_ticks "$@")
+  calls=$(wrk -t1 -c64 -d5s -s "$work/post.lua" "$url" | awk '/requests in/ {print $1}')
+  after=$(cpu_ticks "$@")
+  awk -v name="$name" -v calls="$calls" -v ticks=$((after - before)) -v hz="$ticks_per_second" \
+    'BEGIN { printf "| %-34s | %10.0f | %14.1f |\n", name, calls / 5, ticks / hz * 1e6 / calls }'
+}
+if [ "${CPU_ROUNDS:-3}" -gt 0 ]; then
+  nginx_workers=$(pgrep -P "$(cat "$work/nginx-proxy/nginx.pid")" | tr '\n' ' ')
+  echo
+  echo "CPU per call (utime + stime over a 5 s wrk run, 64 connections, after 2 s warm-up)"
+  printf '| %-34s | %10s | %14s |\n' "path" "calls/s" "CPU µs / call"
+  for _ in $(seq "${CPU_ROUNDS:-3}"); do
+    cpu_per_call "pipeline proxy (events -> window)" "http://127.0.0.1:19090/v1/chat/completions" "$proxy_pid"
+    # shellcheck disable=SC2086
+    cpu_per_call "nginx proxy_pass" "http://127.0.0.1:18080/v1/chat/completions" $nginx_workers
+    if [ -n "${floor_pid:-}" ]; then
+      cpu_per_call "hyper floor (no capture)" "http://127.0.0.1:19190/v1/chat/completions" "$floor_pid"
+    fi
+  done
+fi
+
+# Instructions per call, user space only: the proxy under callgrind, counters zeroed after a
+# warm-up, a 10 s wrk run at 4 connections (valgrind runs one thread at a time, slowly).
+if [ "${CALLGRIND:-0}" = 1 ]; then
+  command -v valgrind >/dev/null || { echo "valgrind is missing: apt-get install valgrind" >&2; exit 1; }
+  kill "$proxy_pid" && wait "$proxy_pid" 2>/dev/null || true
+  valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
+    "$pipeline" run --config "$work/pipelines.toml" > "$work/callgrind.log" 2>&1 &
+  proxy_pid=$!
+  for _ in $(seq 300); do
+    curl -sf http://127.0.0.1:19091/health >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  wrk -t1 -c4 -d3s -s "$work/post.lua" http://127.0.0.1:19090/v1/chat/completions > /dev/null
+  callgrind_control -z "$proxy_pid" > /dev/null 2>&1
+  calls=$(wrk -t1 -c4 -d10s -s "$work/post.lua" http://127.0.0.1:19090/v1/chat/completions | awk '/requests in/ {print $1}')
+  callgrind_control -d "$proxy_pid" > /dev/null 2>&1
+  sleep 1
+  instructions=$(callgrind_annotate --auto=no "$work"/callgrind.out.* 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+  echo
+  echo "callgrind: $calls calls, $((instructions / calls)) instructions per call (the whole process)"
+fi
