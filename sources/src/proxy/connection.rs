@@ -1,21 +1,18 @@
-//! One client connection of the proxy: hyper serves it (HTTP/1.1 or h2c, with upgrades), its
-//! own upstream connections are driven by the same task, and requests hyper refuses before
-//! any handler runs still become events.
+//! One client connection of the proxy: hyper serves it (HTTP/1.1 or h2c, with upgrades) with
+//! its own upstream connection for HTTP/1.1 calls, and requests hyper refuses before any
+//! handler runs still become events.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::stream::{FuturesUnordered, StreamExt};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
-use super::affinity::ConnectionDriver;
 use super::server::{ClientConnection, Forwarder};
 
 /// The connection builder every worker uses.
@@ -32,9 +29,7 @@ pub fn serve(
     forwarder: Arc<Forwarder>,
 ) -> impl Future<Output = ()> + Send + 'static {
     let _ = stream.set_nodelay(true);
-    // This connection's own upstream connections, driven by the task that serves it.
-    let (drivers, mut new_drivers) = mpsc::unbounded_channel::<ConnectionDriver>();
-    let affinity = Arc::new(forwarder.affinity(drivers));
+    let affinity = Arc::new(forwarder.affinity());
     let handler = forwarder.clone();
     let client_connection = Arc::new(ClientConnection::new(client));
     let service = service_fn(move |request| {
@@ -48,16 +43,7 @@ pub fn serve(
     let connection = graceful.watch(connection);
     async move {
         let since = Instant::now();
-        let mut connection = std::pin::pin!(connection);
-        let mut upstreams = FuturesUnordered::new();
-        let result = loop {
-            tokio::select! {
-                result = &mut connection => break result,
-                Some(driver) = new_drivers.recv() => upstreams.push(driver),
-                Some(()) = upstreams.next(), if !upstreams.is_empty() => {}
-            }
-        };
-        if let Err(error) = result {
+        if let Err(error) = connection.await {
             // Requests hyper rejected before any handler ran still become events.
             if let Some(error) = error.downcast_ref::<hyper::Error>() {
                 if error.is_parse_too_large() {

@@ -22,9 +22,8 @@ use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::sync::mpsc;
 
-use super::affinity::{Affinity, ConnectionDriver};
+use super::affinity::Affinity;
 use super::body::{CallRecord, ObservedBody, RequestTap, TeeBody};
 use super::config::{HostHeader, ProxyConfig, UpstreamProtocol, WebSocketPolicy};
 use super::observe::BodyKind;
@@ -169,13 +168,11 @@ impl Forwarder {
         self.emitter.emit(event, &[]);
     }
 
-    /// A client connection's own upstream connection (see [`Affinity`]), to be driven by
-    /// the task serving that client connection through `drivers`.
-    pub fn affinity(&self, drivers: mpsc::UnboundedSender<ConnectionDriver>) -> Affinity {
+    /// A client connection's own upstream connection (see [`Affinity`]).
+    pub fn affinity(&self) -> Affinity {
         Affinity::new(
             self.upstream_authority.clone(),
             self.config.connect_timeout.0,
-            drivers,
         )
     }
 
