@@ -84,7 +84,7 @@ pub struct CallRecord {
 impl CallRecord {
     /// Completes and emits the event.
     pub fn emit(
-        mut self,
+        mut self: Box<Self>,
         outcome: Option<Outcome>,
         response_bytes: Option<u64>,
         observer: Option<ResponseObserver>,
@@ -117,20 +117,21 @@ impl CallRecord {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         );
-        self.emitter.emit(self.event, &prefix);
+        let CallRecord { event, emitter, .. } = *self;
+        emitter.emit(event, &prefix);
     }
 }
 
 /// The response body, passed through frame by frame.
 pub struct ObservedBody<B: Body> {
     inner: B,
-    record: Option<CallRecord>,
+    record: Option<Box<CallRecord>>,
     observer: Option<ResponseObserver>,
     bytes: u64,
 }
 
 impl<B: Body> ObservedBody<B> {
-    pub fn new(inner: B, record: CallRecord, kind: BodyKind) -> Self {
+    pub fn new(inner: B, record: Box<CallRecord>, kind: BodyKind) -> Self {
         Self {
             inner,
             record: Some(record),

@@ -59,28 +59,28 @@ impl RouteTemplate {
 /// A path segment that looks like an identifier rather than a fixed name: numbers, UUIDs,
 /// long hex strings.
 fn looks_like_id(segment: &str) -> bool {
-    if segment.is_empty() {
-        return false;
-    }
-    let digits = segment.chars().all(|c| c.is_ascii_digit());
-    let uuid = segment.len() == 36
-        && segment.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
-        && segment.matches('-').count() == 4;
-    let hex = segment.len() >= 16 && segment.chars().all(|c| c.is_ascii_hexdigit());
+    let bytes = segment.as_bytes();
+    let digits = !bytes.is_empty() && bytes.iter().all(u8::is_ascii_digit);
+    let uuid = bytes.len() == 36
+        && bytes.iter().all(|b| b.is_ascii_hexdigit() || *b == b'-')
+        && bytes.iter().filter(|b| **b == b'-').count() == 4;
+    let hex = bytes.len() >= 16 && bytes.iter().all(u8::is_ascii_hexdigit);
     digits || uuid || hex
 }
 
 /// Remembers up to `limit` distinct values; later new values become [`OTHER`].
 pub struct CardinalityCap {
     limit: usize,
-    seen: Mutex<HashSet<String>>,
+    /// foldhash rather than SipHash: the set holds at most `limit` values, so a client choosing
+    /// colliding values cannot make it grow, only its own few lookups slower.
+    seen: Mutex<HashSet<String, foldhash::fast::RandomState>>,
 }
 
 impl CardinalityCap {
     pub fn new(limit: usize) -> Self {
         Self {
             limit,
-            seen: Mutex::new(HashSet::new()),
+            seen: Mutex::new(HashSet::default()),
         }
     }
 

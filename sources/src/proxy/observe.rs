@@ -27,10 +27,24 @@ pub enum BodyKind {
 
 impl BodyKind {
     pub fn from_content_type(content_type: Option<&str>) -> Self {
-        match content_type.map(|c| c.to_ascii_lowercase()) {
-            Some(c) if c.starts_with("text/event-stream") => BodyKind::EventStream,
-            Some(c) if c.starts_with("application/json") || c.contains("+json") => BodyKind::Json,
-            _ => BodyKind::Other,
+        let Some(content_type) = content_type.map(str::as_bytes) else {
+            return BodyKind::Other;
+        };
+        let starts_with = |prefix: &str| {
+            content_type
+                .get(..prefix.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(prefix.as_bytes()))
+        };
+        if starts_with("text/event-stream") {
+            BodyKind::EventStream
+        } else if starts_with("application/json")
+            || content_type
+                .windows(5)
+                .any(|window| window.eq_ignore_ascii_case(b"+json"))
+        {
+            BodyKind::Json
+        } else {
+            BodyKind::Other
         }
     }
 }
@@ -243,6 +257,23 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn body_kinds_come_from_the_content_type_whatever_its_case_and_parameters() {
+        let kind = BodyKind::from_content_type;
+        assert_eq!(kind(Some("text/event-stream")), BodyKind::EventStream);
+        assert_eq!(
+            kind(Some("Text/Event-Stream; charset=utf-8")),
+            BodyKind::EventStream
+        );
+        assert_eq!(kind(Some("application/json")), BodyKind::Json);
+        assert_eq!(kind(Some("APPLICATION/JSON;charset=UTF-8")), BodyKind::Json);
+        assert_eq!(kind(Some("application/vnd.api+JSON")), BodyKind::Json);
+        assert_eq!(kind(Some("text/plain")), BodyKind::Other);
+        assert_eq!(kind(Some("text")), BodyKind::Other);
+        assert_eq!(kind(Some("")), BodyKind::Other);
+        assert_eq!(kind(None), BodyKind::Other);
+    }
 
     fn feed(observer: &mut ResponseObserver, chunk: &[u8], elapsed: Duration) {
         observer.feed(&Bytes::copy_from_slice(chunk), elapsed);

@@ -14,8 +14,8 @@ use engine::time::now_micros;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST, PROXY_AUTHORIZATION, TE,
-    TRAILER, TRANSFER_ENCODING, UPGRADE,
+    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST, PROXY_AUTHORIZATION,
+    TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Request, Response, StatusCode, Uri};
@@ -193,8 +193,7 @@ impl Forwarder {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
             .unwrap_or_else(new_request_id);
-        let path = request.uri().path().to_string();
-        let path_info = self.emitter.recognizer.from_path(&path);
+        let path_info = self.emitter.recognizer.from_path(request.uri().path());
         let header_model = self
             .model_header
             .as_ref()
@@ -220,7 +219,7 @@ impl Forwarder {
             request_id: request_id.clone(),
             model: header_model.or(path_info.model),
             endpoint: Some(path_info.route),
-            method: Some(request.method().to_string()),
+            method: Some(request.method().as_str().to_owned()),
             client_id,
             upstream: Some(self.upstream_authority.clone()),
             ..Default::default()
@@ -232,12 +231,14 @@ impl Forwarder {
             self.config.model_body_prefix_bytes
         };
         let request_tap = Arc::new(RequestTap::default());
-        let record = CallRecord {
+        // Boxed: the record rides along with the call's futures and the response body, which
+        // are moved several times on the way; a pointer moves cheaper than the event.
+        let record = Box::new(CallRecord {
             event,
             started,
             request: request_tap.clone(),
             emitter: self.emitter.clone(),
-        };
+        });
         if is_upgrade && self.config.websocket == WebSocketPolicy::Refuse {
             let mut record = record;
             record.event.status_code = Some(501);
@@ -440,9 +441,10 @@ fn upstream_target(uri: &Uri, base_path: &str, authority: Option<&Authority>) ->
 /// A random (version 4) UUID from the thread's random generator: `Uuid::new_v4` asks the
 /// kernel for every one, a system call per proxied call.
 fn new_request_id() -> String {
-    uuid::Builder::from_random_bytes(rand::random())
-        .into_uuid()
-        .to_string()
+    let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    uuid.hyphenated()
+        .encode_lower(&mut uuid::Uuid::encode_buffer())
+        .to_owned()
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
@@ -467,21 +469,24 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     if present[0] {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            // `keep-alive`, `close` and the like name no other header: nothing to parse.
-            .filter(|token| {
-                !token.eq_ignore_ascii_case("close")
-                    && !HOP_BY_HOP
+        // Usually `keep-alive` or `close`, which name no other header: nothing is collected.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for value in headers.get_all(CONNECTION) {
+            for token in value.as_bytes().split(|byte| *byte == b',') {
+                let token = token.trim_ascii();
+                let names_no_other_header = token.is_empty()
+                    || token.eq_ignore_ascii_case(b"keep-alive")
+                    || token.eq_ignore_ascii_case(b"close")
+                    || HOP_BY_HOP
                         .iter()
-                        .any(|hop| token.eq_ignore_ascii_case(hop.as_str()))
-            })
-            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
-            .collect();
+                        .any(|hop| token.eq_ignore_ascii_case(hop.as_str().as_bytes()));
+                if !names_no_other_header {
+                    if let Ok(name) = HeaderName::from_bytes(token) {
+                        named.push(name);
+                    }
+                }
+            }
+        }
         for name in named {
             headers.remove(name);
         }
@@ -498,27 +503,32 @@ fn append_forwarded(
     client: &ClientConnection,
     host: Option<&HeaderValue>,
 ) {
-    let chain = headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|previous| previous.to_str().ok())
-        .and_then(|previous| {
-            HeaderValue::from_str(&format!(
-                "{previous}, {}",
-                client.forwarded_for.to_str().unwrap_or_default()
-            ))
-            .ok()
-        });
-    headers.insert(
-        X_FORWARDED_FOR,
-        chain.unwrap_or_else(|| client.forwarded_for.clone()),
-    );
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    }
-    if let Some(host) = host {
-        if !headers.contains_key(&X_FORWARDED_HOST) {
-            headers.insert(X_FORWARDED_HOST, host.clone());
+    let own = || client.forwarded_for.clone();
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Occupied(mut previous) => {
+            // The chain so far (its first field line), with this client appended.
+            let chain = previous
+                .get()
+                .to_str()
+                .ok()
+                .and_then(|chain| {
+                    let own = client.forwarded_for.to_str().unwrap_or_default();
+                    HeaderValue::from_str(&format!("{chain}, {own}")).ok()
+                })
+                .unwrap_or_else(own);
+            previous.insert(chain);
         }
+        Entry::Vacant(vacant) => {
+            vacant.insert(own());
+        }
+    }
+    headers
+        .entry(X_FORWARDED_PROTO)
+        .or_insert_with(|| HeaderValue::from_static("http"));
+    if let Some(host) = host {
+        headers
+            .entry(X_FORWARDED_HOST)
+            .or_insert_with(|| host.clone());
     }
 }
 
