@@ -33,6 +33,7 @@ work="$(mktemp -d)"
 cleanup() {
   [ -n "${proxy_pid:-}" ] && kill "$proxy_pid" 2>/dev/null && wait "$proxy_pid" 2>/dev/null || true
   if [ -n "${floor_pid:-}" ]; then kill "$floor_pid" 2>/dev/null && wait "$floor_pid" 2>/dev/null || true; fi
+  if [ -n "${callgrind_pid:-}" ]; then kill "$callgrind_pid" 2>/dev/null && wait "$callgrind_pid" 2>/dev/null || true; fi
   for instance in upstream nginx-proxy; do
     "$nginx_bin" -p "$work/$instance" -c "$work/$instance/nginx.conf" -s quit 2>/dev/null || true
   done
@@ -118,7 +119,7 @@ if [ -x "$floor" ]; then
     sleep 0.1
   done
 else
-  echo "(build the floor for its rows: cargo build --release -p benches --bin hyper-proxy-floor)"
+  echo "(no hyper floor rows: build it with cargo build --release -p pipeline -p benches)"
 fi
 
 cat > "$work/post.lua" <<'LUA'
@@ -199,24 +200,42 @@ if [ "${CPU_ROUNDS:-3}" -gt 0 ]; then
   done
 fi
 
-# Instructions per call, user space only: the proxy under callgrind, counters zeroed after a
-# warm-up, a 10 s wrk run at 4 connections (valgrind runs one thread at a time, slowly).
-if [ "${CALLGRIND:-0}" = 1 ]; then
-  command -v valgrind >/dev/null || { echo "valgrind is missing: apt-get install valgrind" >&2; exit 1; }
-  kill "$proxy_pid" && wait "$proxy_pid" 2>/dev/null || true
-  valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
-    "$pipeline" run --config "$work/pipelines.toml" > "$work/callgrind.log" 2>&1 &
-  proxy_pid=$!
+# Instructions per call, user space only: each hyper-based proxy under callgrind, counters
+# zeroed after a warm-up, a 10 s wrk run at 4 connections (valgrind runs one thread at a time,
+# slowly).
+callgrind_per_call() {
+  local name="$1" url="$2" ready="$3" out="$work/callgrind-$4"
+  shift 4
+  valgrind --tool=callgrind --callgrind-out-file="$out.out" "$@" > "$out.log" 2>&1 &
+  callgrind_pid=$!
+  local pid=$callgrind_pid calls instructions
   for _ in $(seq 300); do
-    curl -sf http://127.0.0.1:19091/health >/dev/null 2>&1 && break
+    curl -sf -o /dev/null "$ready" 2>/dev/null && break
     sleep 0.2
   done
-  wrk -t1 -c4 -d3s -s "$work/post.lua" http://127.0.0.1:19090/v1/chat/completions > /dev/null
-  callgrind_control -z "$proxy_pid" > /dev/null 2>&1
-  calls=$(wrk -t1 -c4 -d10s -s "$work/post.lua" http://127.0.0.1:19090/v1/chat/completions | awk '/requests in/ {print $1}')
-  callgrind_control -d "$proxy_pid" > /dev/null 2>&1
+  wrk -t1 -c4 -d3s -s "$work/post.lua" "$url" > /dev/null
+  callgrind_control -z "$pid" > /dev/null 2>&1
+  calls=$(wrk -t1 -c4 -d10s -s "$work/post.lua" "$url" | awk '/requests in/ {print $1}')
+  callgrind_control -d "$pid" > /dev/null 2>&1
   sleep 1
-  instructions=$(callgrind_annotate --auto=no "$work"/callgrind.out.* 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+  instructions=$(callgrind_annotate --auto=no "$out".out.* 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+  kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  callgrind_pid=""
+  printf '| %-34s | %8s | %22s |\n' "$name" "$calls" "$((instructions / calls))"
+}
+if [ "${CALLGRIND:-0}" = 1 ]; then
+  command -v valgrind >/dev/null || { echo "valgrind is missing: apt-get install valgrind" >&2; exit 1; }
   echo
-  echo "callgrind: $calls calls, $((instructions / calls)) instructions per call (the whole process)"
+  echo "callgrind (the whole process, user space)"
+  printf '| %-34s | %8s | %22s |\n' "path" "calls" "instructions / call"
+  kill "$proxy_pid" && wait "$proxy_pid" 2>/dev/null || true
+  proxy_pid=""
+  callgrind_per_call "pipeline proxy (events -> window)" http://127.0.0.1:19090/v1/chat/completions \
+    http://127.0.0.1:19091/health proxy "$pipeline" run --config "$work/pipelines.toml"
+  if [ -n "${floor_pid:-}" ]; then
+    kill "$floor_pid" && wait "$floor_pid" 2>/dev/null || true
+    floor_pid=""
+    callgrind_per_call "hyper floor (no capture)" http://127.0.0.1:19190/v1/chat/completions \
+      http://127.0.0.1:19190/ floor "$floor" --listen 127.0.0.1:19190 --upstream 127.0.0.1:18002
+  fi
 fi
