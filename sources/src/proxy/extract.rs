@@ -58,8 +58,7 @@ impl RouteTemplate {
 
 /// A path segment that looks like an identifier rather than a fixed name: numbers, UUIDs,
 /// long hex strings.
-fn looks_like_id(segment: &str) -> bool {
-    let bytes = segment.as_bytes();
+fn looks_like_id(bytes: &[u8]) -> bool {
     let digits = !bytes.is_empty() && bytes.iter().all(u8::is_ascii_digit);
     let uuid = bytes.len() == 36
         && bytes.iter().all(|b| b.is_ascii_hexdigit() || *b == b'-')
@@ -126,10 +125,17 @@ impl Recognizer {
             .and_then(|c| c.name("model").map(|m| m.as_str().to_string()));
         let route = match self.templates.iter().find(|t| t.matches(path)) {
             Some(template) => template.text.clone(),
-            None if !path.split('/').any(looks_like_id) => path.to_string(),
+            // Split as bytes: `/` never occurs inside a multi-byte character.
+            None if !path.as_bytes().split(|b| *b == b'/').any(looks_like_id) => path.to_string(),
             None => path
                 .split('/')
-                .map(|s| if looks_like_id(s) { "{id}" } else { s })
+                .map(|s| {
+                    if looks_like_id(s.as_bytes()) {
+                        "{id}"
+                    } else {
+                        s
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join("/"),
         };
@@ -240,6 +246,11 @@ pub fn model_from_json_prefix(prefix: &[u8]) -> Option<String> {
                     if expecting_key {
                         last_key = Some(token);
                     } else if last_key == Some("model") {
+                        // Only a value with escapes (or control characters, which JSON
+                        // refuses) needs the JSON parser.
+                        if !token.bytes().any(|b| b == b'\\' || b < 0x20) {
+                            return Some(token.to_string());
+                        }
                         return serde_json::from_str::<String>(&text[start - 1..=end]).ok();
                     }
                 }
@@ -350,6 +361,7 @@ mod tests {
             model_from_json_prefix(br#"{"messages": [1, 2, 3], "mod"#),
             None
         );
+        assert_eq!(model_from_json_prefix(b"{\"model\": \"a\nb\"}"), None);
         assert_eq!(model_from_json_prefix(b"not json"), None);
     }
 }

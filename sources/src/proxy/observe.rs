@@ -209,27 +209,97 @@ impl Tail {
 /// that is not a whole number is ignored, as if absent.
 #[derive(Deserialize)]
 struct Usage {
-    prompt_tokens: Option<Value>,
-    input_tokens: Option<Value>,
-    completion_tokens: Option<Value>,
-    output_tokens: Option<Value>,
+    #[serde(default)]
+    prompt_tokens: Count,
+    #[serde(default)]
+    input_tokens: Count,
+    #[serde(default)]
+    completion_tokens: Count,
+    #[serde(default)]
+    output_tokens: Count,
 }
 
 impl Usage {
     fn read_into(&self, observed: &mut Observed) {
-        let number = |spellings: [&Option<Value>; 2]| {
+        let number = |spellings: [Count; 2]| {
             spellings
                 .iter()
-                .find_map(|v| v.as_ref().and_then(Value::as_u64))
+                .find_map(|count| count.0)
                 .map(|v| v.min(u64::from(u32::MAX)) as u32)
         };
-        if let Some(input) = number([&self.prompt_tokens, &self.input_tokens]) {
+        if let Some(input) = number([self.prompt_tokens, self.input_tokens]) {
             observed.input_tokens = Some(input);
         }
-        if let Some(output) = number([&self.completion_tokens, &self.output_tokens]) {
+        if let Some(output) = number([self.completion_tokens, self.output_tokens]) {
             observed.output_tokens = Some(output);
             observed.output_tokens_estimated = false;
         }
+    }
+}
+
+/// A token count: a whole number that is not negative, or `None` for any other JSON value
+/// (which is read past without building it), so one odd field never spoils the others.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Count(Option<u64>);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(CountVisitor)
+    }
+}
+
+struct CountVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CountVisitor {
+    type Value = Count;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a token count")
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<Count, E> {
+        Ok(Count(Some(value)))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Count, E> {
+        Ok(Count(u64::try_from(value).ok()))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Count, E> {
+        Ok(Count(None))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Count, E> {
+        Ok(Count(None))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Count, E> {
+        Ok(Count(None))
+    }
+
+    fn visit_unit<E>(self) -> Result<Count, E> {
+        Ok(Count(None))
+    }
+
+    fn visit_none<E>(self) -> Result<Count, E> {
+        Ok(Count(None))
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, inner: D) -> Result<Count, D::Error> {
+        inner.deserialize_any(CountVisitor)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Count, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Count(None))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Count, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(Count(None))
     }
 }
 
@@ -246,10 +316,8 @@ fn usage_in_tail(tail: &[u8]) -> Option<Usage> {
     if !object.starts_with(b"{") {
         return None;
     }
-    serde_json::Deserializer::from_slice(object)
-        .into_iter::<Usage>()
-        .next()?
-        .ok()
+    // The object alone: what follows it (the rest of the body) is never read.
+    Usage::deserialize(&mut serde_json::Deserializer::from_slice(object)).ok()
 }
 
 #[cfg(test)]
@@ -379,6 +447,19 @@ mod tests {
             ),
             (Some(4), None)
         );
+        assert_eq!(
+            observe(
+                br#"{"usage":{"prompt_tokens":-3,"completion_tokens":{"n":[1,{"m":2}]},"output_tokens":7,"prompt_tokens_details":{"cached_tokens":1}},"x":1}"#
+            ),
+            (None, Some(7))
+        );
+        assert_eq!(
+            observe(
+                br#"{"usage":{"prompt_tokens":null,"input_tokens":true,"completion_tokens":[3]}}"#
+            ),
+            (None, None)
+        );
+        assert_eq!(observe(br#"{"usage": {"prompt_tokens": 3"#), (None, None));
         assert_eq!(observe(br#"{"usage": [1, 2, 3, 4]}"#), (None, None));
         assert_eq!(observe(br#"{"usage": null}"#), (None, None));
         assert_eq!(observe(b"\xff\xfe not json"), (None, None));

@@ -464,7 +464,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // `Connection: keep-alive`); only those are looked up and removed.
     let mut present = [false; HOP_BY_HOP.len()];
     for name in headers.keys() {
-        if let Some(index) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+        if let Some(index) = hop_by_hop_index(name) {
             present[index] = true;
         }
     }
@@ -495,6 +495,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         if present {
             headers.remove(name);
         }
+    }
+}
+
+/// `name`'s place in [`HOP_BY_HOP`]: one match on the name's text, where comparing it with
+/// each entry in turn costs a comparison per entry for every header of every message.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    match name.as_str() {
+        "connection" => Some(0),
+        "proxy-connection" => Some(1),
+        "keep-alive" => Some(2),
+        "te" => Some(3),
+        "trailer" => Some(4),
+        "transfer-encoding" => Some(5),
+        "upgrade" => Some(6),
+        "proxy-authorization" => Some(7),
+        _ => None,
     }
 }
 
@@ -551,6 +567,15 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["authorization"]);
+    }
+
+    #[test]
+    fn every_hop_by_hop_header_is_found_at_its_own_place() {
+        for (index, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(index), "{name}");
+        }
+        assert_eq!(hop_by_hop_index(&HeaderName::from_static("x-te")), None);
+        assert_eq!(hop_by_hop_index(&CONTENT_TYPE), None);
     }
 
     #[test]
