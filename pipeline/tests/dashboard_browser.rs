@@ -103,11 +103,11 @@ async fn the_dashboard_shows_live_charts_and_the_incidents_alert() {
     let ports: Vec<String> = (0..4).map(|_| free_port().to_string()).collect();
     let _demo = Process(
         Command::new(env!("CARGO_BIN_EXE_pipeline"))
-            .args(["demo", "--duration", "60s", "--rate", "40"])
+            .args(["demo", "--duration", "150s", "--rate", "40"])
             .args(["--monitor-port", &monitor.to_string()])
             .args(["--api-port", &ports[0], "--proxy-port", &ports[1]])
             .args(["--proxy-admin-port", &ports[2], "--webhook-port", &ports[3]])
-            .args(["--incident", "error_burst@1s+50s:llama-3-70b"])
+            .args(["--incident", "error_burst@1s+140s:llama-3-70b"])
             .arg("--data")
             .arg(dir.path().join("data"))
             .env_remove("RUST_LOG")
@@ -161,7 +161,9 @@ async fn the_dashboard_shows_live_charts_and_the_incidents_alert() {
     command(&mut socket, 1, "Page.enable", json!({})).await;
     command(&mut socket, 2, "Page.navigate", json!({ "url": url })).await;
 
-    let deadline = Instant::now() + Duration::from_secs(45);
+    // Generous: on a loaded CI machine the charts have been seen one point short at 45 s. The
+    // demo and its incident outlast the deadline, so the alert is still firing at the end.
+    let deadline = Instant::now() + Duration::from_secs(120);
     let mut id = 10;
     let state = loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
