@@ -18,6 +18,10 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpSocket, TcpStream};
 
+/// The allocator the `pipeline` binary uses, so the floor differs from the proxy only in work.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(about = "A bare hyper reverse proxy, the floor for benches/proxy/run.sh")]
 struct Args {
