@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Proxy overhead benchmark: wrk against the same fast upstream (nginx returning a fixed
-# OpenAI-style JSON body) directly, through nginx `proxy_pass`, and through the pipeline's proxy
+# OpenAI-style JSON body) directly, through nginx `proxy_pass` (without a log, and with a
+# buffered access log of every call: nginx's own way to record calls), and through the pipeline's proxy
 # source (feeding windows and a null sink), in one run on this machine; also through the
 # hyper floor (benches' `hyper-proxy-floor`: hyper server and client with the source's
 # structure and no capture), the most a hyper-based proxy of this shape can reach.
@@ -79,6 +80,24 @@ http {
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
     }
   }
+  # The same proxy recording every call the way nginx can: a buffered access log of each
+  # call's fields (what the proxy source's event holds, short of the model and token counts,
+  # which nginx cannot read from bodies).
+  log_format call escape=json '{"time":"\$time_iso8601","request_id":"\$request_id",'
+    '"method":"\$request_method","uri":"\$uri","status":\$status,'
+    '"latency_s":\$request_time,"ttfb_s":"\$upstream_header_time",'
+    '"request_bytes":\$request_length,"response_bytes":\$bytes_sent,'
+    '"upstream":"\$upstream_addr"}';
+  server {
+    listen 127.0.0.1:18081 reuseport;
+    access_log $work/nginx-proxy/calls.log call buffer=64k flush=1s;
+    location / {
+      proxy_pass http://model_api;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
 }
 NGINX
 for instance in upstream nginx-proxy; do
@@ -144,6 +163,7 @@ printf '|%s|%s|%s|%s|\n' "------------------------------------" "--------------"
 for _ in $(seq "$rounds"); do
   run "direct (nginx upstream)" "http://127.0.0.1:18002/v1/chat/completions"
   run "nginx proxy_pass" "http://127.0.0.1:18080/v1/chat/completions"
+  run "nginx proxy_pass + access log" "http://127.0.0.1:18081/v1/chat/completions"
   run "pipeline proxy (events -> window)" "http://127.0.0.1:19090/v1/chat/completions"
   if [ -n "${floor_pid:-}" ]; then
     run "hyper floor (no capture)" "http://127.0.0.1:19190/v1/chat/completions"
@@ -194,6 +214,8 @@ if [ "${CPU_ROUNDS:-3}" -gt 0 ]; then
     cpu_per_call "pipeline proxy (events -> window)" "http://127.0.0.1:19090/v1/chat/completions" "$proxy_pid"
     # shellcheck disable=SC2086
     cpu_per_call "nginx proxy_pass" "http://127.0.0.1:18080/v1/chat/completions" $nginx_workers
+    # shellcheck disable=SC2086
+    cpu_per_call "nginx proxy_pass + access log" "http://127.0.0.1:18081/v1/chat/completions" $nginx_workers
     if [ -n "${floor_pid:-}" ]; then
       cpu_per_call "hyper floor (no capture)" "http://127.0.0.1:19190/v1/chat/completions" "$floor_pid"
     fi
