@@ -147,6 +147,12 @@ wrk.body = '{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 wrk.headers["Content-Type"] = "application/json"
 LUA
 
+# nginx's access log holds about 250 bytes per call: emptied after each run (nginx appends, so
+# it keeps writing at the new end) rather than left to grow to a gigabyte over a long run.
+truncate_call_log() {
+  : > "$work/nginx-proxy/calls.log"
+}
+
 run() {
   local name="$1" url="$2"
   wrk -t1 -c"$connections" -d"$duration" --latency -s "$work/post.lua" "$url" > "$work/$name.txt"
@@ -155,6 +161,7 @@ run() {
   p50=$(awk '$1=="50%" {print $2}' "$work/$name.txt")
   p99=$(awk '$1=="99%" {print $2}' "$work/$name.txt")
   printf '| %-34s | %12s | %10s | %10s |\n' "$name" "$rps" "$p50" "$p99"
+  truncate_call_log
 }
 
 echo "wrk -t1 -c$connections -d$duration, POST JSON, on $(nproc) cores, $rounds round(s) of every path in turn"
@@ -204,6 +211,7 @@ cpu_per_call() {
   after=$(cpu_ticks "$@")
   awk -v name="$name" -v calls="$calls" -v ticks=$((after - before)) -v hz="$ticks_per_second" \
     'BEGIN { printf "| %-34s | %10.0f | %14.1f |\n", name, calls / 5, ticks / hz * 1e6 / calls }'
+  truncate_call_log
 }
 if [ "${CPU_ROUNDS:-3}" -gt 0 ]; then
   nginx_workers=$(pgrep -P "$(cat "$work/nginx-proxy/nginx.pid")" | tr '\n' ' ')
