@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Proxy overhead benchmark: wrk against the same fast upstream (nginx returning a fixed
 # OpenAI-style JSON body) directly, through nginx `proxy_pass` (without a log, and with a
-# buffered access log of every call: nginx's own way to record calls), and through the pipeline's proxy
-# source (feeding windows and a null sink), in one run on this machine; also through the
-# hyper floor (benches' `hyper-proxy-floor`: hyper server and client with the source's
-# structure and no capture), the most a hyper-based proxy of this shape can reach.
+# buffered access log of every call: nginx's own way to record calls), and through the
+# pipeline's proxy source (feeding windows and a null sink), in one run on this machine; also
+# through the hyper floor (benches' `hyper-proxy-floor`: hyper server and client with the
+# source's structure and no capture), the most a hyper-based proxy of this shape can reach.
 #
 #   benches/proxy/run.sh [duration=15s] [connections=64]
 #   (RATE=5000: the fixed-rate part's rate; ROUNDS=3: rounds of every path in turn, since a
@@ -71,13 +71,14 @@ events { worker_connections 4096; }
 http {
   access_log off;
   upstream model_api { server 127.0.0.1:18002; keepalive 256; }
+  # Both servers below: keep-alive to the upstream, X-Forwarded-For as the proxy source adds it.
+  proxy_http_version 1.1;
+  proxy_set_header Connection "";
+  proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
   server {
     listen 127.0.0.1:18080 reuseport;
     location / {
       proxy_pass http://model_api;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
     }
   }
   # The same proxy recording every call the way nginx can: a buffered access log of each
@@ -93,9 +94,6 @@ http {
     access_log $work/nginx-proxy/calls.log call buffer=64k flush=1s;
     location / {
       proxy_pass http://model_api;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
     }
   }
 }
