@@ -30,6 +30,15 @@ command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; e
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { echo "nginx is missing: apt-get install nginx-light" >&2; exit 1; }
 nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 
+# Every server here listens with SO_REUSEPORT, so a leftover from an earlier run on one of
+# these ports would silently take a share of the connections: refuse to start instead.
+for port in 18002 18080 18081 18180 18181 19090 19091 19190; do
+  if ss -Htln "sport = :$port" | grep -q .; then
+    echo "port $port is already in use (a leftover from an earlier run?): $(ss -Htlnp "sport = :$port")" >&2
+    exit 1
+  fi
+done
+
 work="$(mktemp -d)"
 cleanup() {
   [ -n "${proxy_pid:-}" ] && kill "$proxy_pid" 2>/dev/null && wait "$proxy_pid" 2>/dev/null || true
