@@ -11,12 +11,14 @@
 #   shared machine has slow spells and one pass can land in one; PIPELINE=path: another
 #   pipeline binary, e.g. an earlier build kept aside for an A/B; CPU_ROUNDS=3: rounds of the
 #   CPU-per-call measurement, 0 to skip; CALLGRIND=1: also count the proxy's instructions per
-#   call under valgrind's callgrind, which is repeatable whatever else the machine is doing)
+#   call under valgrind's callgrind, which is repeatable whatever else the machine is doing;
+#   SYSCALLS=1: also count each proxy's system calls per call under strace)
 #
 # Then, at a fixed rate (benches' `fixed-rate` tool, open loop), the latency each path adds
 # over the direct call.
 #
-# Needs: wrk and nginx (Debian: apt-get install wrk nginx-light), and a release build
+# Needs: wrk and nginx (Debian: apt-get install wrk nginx-light; strace and valgrind for
+# SYSCALLS=1 and CALLGRIND=1), and a release build
 # (cargo build --release -p pipeline -p benches). Everything listens on 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -72,10 +74,15 @@ http {
   }
 }
 NGINX
-cat > "$work/nginx-proxy/nginx.conf" <<NGINX
-worker_processes auto;
-pid $work/nginx-proxy/nginx.pid;
-error_log $work/nginx-proxy/error.log warn;
+# nginx as the proxy under comparison, in directory $1, the call log's server on port $2 + 1;
+# $3: how its processes run.
+nginx_proxy_conf() {
+  local dir="$1" port="$2" processes="$3"
+  mkdir -p "$dir"
+  cat > "$dir/nginx.conf" <<NGINX
+$processes
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
@@ -85,7 +92,7 @@ http {
   proxy_set_header Connection "";
   proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
   server {
-    listen 127.0.0.1:18080 reuseport;
+    listen 127.0.0.1:$port reuseport;
     location / {
       proxy_pass http://model_api;
     }
@@ -99,14 +106,16 @@ http {
     '"request_bytes":\$request_length,"response_bytes":\$bytes_sent,'
     '"upstream":"\$upstream_addr"}';
   server {
-    listen 127.0.0.1:18081 reuseport;
-    access_log $work/nginx-proxy/calls.log call buffer=64k flush=1s;
+    listen 127.0.0.1:$((port + 1)) reuseport;
+    access_log $dir/calls.log call buffer=64k flush=1s;
     location / {
       proxy_pass http://model_api;
     }
   }
 }
 NGINX
+}
+nginx_proxy_conf "$work/nginx-proxy" 18080 "worker_processes auto;"
 for instance in upstream nginx-proxy; do
   "$nginx_bin" -p "$work/$instance" -c "$work/$instance/nginx.conf"
 done
@@ -237,9 +246,46 @@ if [ "${CPU_ROUNDS:-3}" -gt 0 ]; then
   done
 fi
 
-# Instructions per call, user space only: each hyper-based proxy under callgrind, counters
-# zeroed after a warm-up, a 10 s wrk run at 4 connections (valgrind runs one thread at a time,
-# slowly).
+# System calls per call: strace -c on each proxy's processes (every thread) over a 5 s wrk run
+# at 64 connections. strace slows each call a lot, so only the counts mean anything, not the
+# rate; they show whether one proxy makes the kernel do more work per call than another.
+syscalls_per_call() {
+  local name="$1" url="$2" attach=() pid calls
+  shift 2
+  for pid in "$@"; do attach+=(-p "$pid"); done
+  strace -c -f -o "$work/strace.txt" "${attach[@]}" 2> /dev/null &
+  local strace_pid=$!
+  sleep 1
+  calls=$(wrk -t1 -c64 -d5s -s "$work/post.lua" "$url" | awk '/requests in/ {print $1}')
+  kill -INT "$strace_pid" && wait "$strace_pid" 2>/dev/null || true
+  awk -v name="$name" -v calls="$calls" '
+    $NF == "total" { total = $4 / calls }
+    $1 ~ /^[0-9.]+$/ && $NF != "total" && $4 / calls >= 0.05 {
+      each = each sprintf("%s%s %.2f", each == "" ? "" : ", ", $NF, $4 / calls)
+    }
+    END { printf "| %-34s | %8s | %10.2f | %-50s |\n", name, calls, total, each }
+  ' "$work/strace.txt"
+  truncate_call_log
+}
+if [ "${SYSCALLS:-0}" = 1 ]; then
+  command -v strace >/dev/null || { echo "strace is missing: apt-get install strace" >&2; exit 1; }
+  nginx_workers=$(pgrep -P "$(cat "$work/nginx-proxy/nginx.pid")" | tr '\n' ' ')
+  echo
+  echo "system calls per call (strace -c, every thread, 5 s wrk run at 64 connections)"
+  printf '| %-34s | %8s | %10s | %-50s |\n' "path" "calls" "per call" "each (at least 0.05 per call)"
+  syscalls_per_call "pipeline proxy (events -> window)" "http://127.0.0.1:19090/v1/chat/completions" "$proxy_pid"
+  # shellcheck disable=SC2086
+  syscalls_per_call "nginx proxy_pass" "http://127.0.0.1:18080/v1/chat/completions" $nginx_workers
+  # shellcheck disable=SC2086
+  syscalls_per_call "nginx proxy_pass + access log" "http://127.0.0.1:18081/v1/chat/completions" $nginx_workers
+  if [ -n "${floor_pid:-}" ]; then
+    syscalls_per_call "hyper floor (no capture)" "http://127.0.0.1:19190/v1/chat/completions" "$floor_pid"
+  fi
+fi
+
+# Instructions per call, user space only: each proxy under callgrind (nginx as one worker in
+# the foreground, its config otherwise the same), counters zeroed after a warm-up, a 10 s wrk
+# run at 4 connections (valgrind runs one thread at a time, slowly).
 callgrind_per_call() {
   local name="$1" url="$2" ready="$3" out="$work/callgrind-$4"
   shift 4
@@ -275,4 +321,9 @@ if [ "${CALLGRIND:-0}" = 1 ]; then
     callgrind_per_call "hyper floor (no capture)" http://127.0.0.1:19190/v1/chat/completions \
       http://127.0.0.1:19190/ floor "$floor" --listen 127.0.0.1:19190 --upstream 127.0.0.1:18002
   fi
+  nginx_proxy_conf "$work/nginx-callgrind" 18180 "worker_processes 1; master_process off; daemon off;"
+  callgrind_per_call "nginx proxy_pass" http://127.0.0.1:18180/v1/chat/completions \
+    http://127.0.0.1:18180/ nginx "$nginx_bin" -p "$work/nginx-callgrind" -c "$work/nginx-callgrind/nginx.conf"
+  callgrind_per_call "nginx proxy_pass + access log" http://127.0.0.1:18181/v1/chat/completions \
+    http://127.0.0.1:18181/ nginx-log "$nginx_bin" -p "$work/nginx-callgrind" -c "$work/nginx-callgrind/nginx.conf"
 fi
