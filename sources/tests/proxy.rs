@@ -792,57 +792,124 @@ async fn start_counting_upstream(keep_alive: bool) -> (SocketAddr, Arc<Connectio
 #[tokio::test]
 async fn a_client_connection_keeps_one_upstream_connection_and_reconnects_when_it_closes() {
     use std::sync::atomic::Ordering;
-    let call = |client: reqwest::Client, url: String| async move {
-        let response = client
-            .post(format!("{url}/v1/chat/completions"))
-            .body(r#"{"model": "m"}"#)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        response.bytes().await.unwrap();
-    };
-    let one_connection = || {
-        reqwest::Client::builder()
-            .no_proxy()
-            .pool_max_idle_per_host(1)
-            .build()
-            .unwrap()
-    };
-    // Sequential calls on one keep-alive client connection share one upstream connection,
-    // which closes when the client connection does.
+    // Sequential calls on one keep-alive client connection share one upstream connection;
+    // with `upstream_keepalive = 0` it closes when the client connection does.
     let (upstream, count) = start_counting_upstream(true).await;
-    let proxy = Proxy::start(&format!("http://{upstream}"), "", 64).await;
-    let client = one_connection();
+    let proxy = Proxy::start(&format!("http://{upstream}"), "upstream_keepalive = 0", 64).await;
+    let client = one_connection_client();
     for _ in 0..5 {
-        call(client.clone(), proxy.url.clone()).await;
+        call_ok(&client, &proxy.url).await;
     }
     assert_eq!(count.accepted.load(Ordering::SeqCst), 1);
     assert_eq!(count.open.load(Ordering::SeqCst), 1);
     drop(client);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while count.open.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(count.open.load(Ordering::SeqCst), 0);
+    wait_until_open_upstream_connections(&count, 0).await;
     let calls = proxy.stop().await;
     assert_eq!(calls.len(), 5);
     assert!(calls.iter().all(|c| c.outcome == Outcome::Ok), "{calls:?}");
 
     // An upstream that closes its connection after every response: each call still succeeds,
-    // on a new upstream connection.
+    // on a new upstream connection, and no closed connection is kept idle for the next.
     let (upstream, count) = start_counting_upstream(false).await;
     let proxy = Proxy::start(&format!("http://{upstream}"), "", 64).await;
-    let client = one_connection();
+    let client = one_connection_client();
     for _ in 0..3 {
-        call(client.clone(), proxy.url.clone()).await;
+        call_ok(&client, &proxy.url).await;
         // Let the upstream's close arrive, so the next call finds the connection closed.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(count.accepted.load(Ordering::SeqCst), 3);
+    drop(client);
+    for _ in 0..3 {
+        call_ok(&one_connection_client(), &proxy.url).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(count.accepted.load(Ordering::SeqCst), 6);
     let calls = proxy.stop().await;
-    assert_eq!(calls.len(), 3);
+    assert_eq!(calls.len(), 6);
     assert!(calls.iter().all(|c| c.outcome == Outcome::Ok), "{calls:?}");
+}
+
+#[tokio::test]
+async fn a_closed_client_connection_leaves_its_upstream_connection_to_the_next() {
+    use std::sync::atomic::Ordering;
+    // One worker, and clients that open a connection per call (as `Connection: close` does):
+    // the calls share the upstream connection the first one opened, as nginx's `keepalive`.
+    let (upstream, count) = start_counting_upstream(true).await;
+    let proxy = Proxy::start(&format!("http://{upstream}"), "workers = 1", 64).await;
+    for _ in 0..20 {
+        let client = one_connection_client();
+        call_ok(&client, &proxy.url).await;
+        drop(client);
+        // The proxy sees the client connection close before the next one opens.
+        wait_for_worker_load(&proxy, &[0]).await;
+    }
+    assert_eq!(count.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(count.open.load(Ordering::SeqCst), 1);
+
+    let calls = proxy.stop().await;
+    assert_eq!(calls.len(), 20);
+    assert!(calls.iter().all(|c| c.outcome == Outcome::Ok), "{calls:?}");
+    // A stopped proxy closes its idle upstream connections.
+    wait_until_open_upstream_connections(&count, 0).await;
+
+    // At most `upstream_keepalive` connections wait per worker: of four client connections
+    // open at once, each with its own upstream connection, two are kept after they close.
+    let proxy = Proxy::start(
+        &format!("http://{upstream}"),
+        "workers = 1\nupstream_keepalive = 2",
+        64,
+    )
+    .await;
+    let clients: Vec<_> = (0..4).map(|_| one_connection_client()).collect();
+    // Hold four client connections open at once with slow calls, then close them all.
+    futures::future::join_all(clients.iter().map(|client| async {
+        let response = client
+            .get(format!("{}/slow", proxy.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
+    }))
+    .await;
+    assert_eq!(count.accepted.load(Ordering::SeqCst), 5);
+    drop(clients);
+    wait_for_worker_load(&proxy, &[0]).await;
+    wait_until_open_upstream_connections(&count, 2).await;
+    // The next client connection gets one of the two.
+    call_ok(&one_connection_client(), &proxy.url).await;
+    assert_eq!(count.accepted.load(Ordering::SeqCst), 5);
+    proxy.stop().await;
+}
+
+/// A client that keeps a single connection to the proxy.
+fn one_connection_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap()
+}
+
+async fn call_ok(client: &reqwest::Client, url: &str) {
+    let response = client
+        .post(format!("{url}/v1/chat/completions"))
+        .body(r#"{"model": "m"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap();
+}
+
+/// Waits (up to 5 s) until the upstream has `expected` connections open.
+async fn wait_until_open_upstream_connections(count: &ConnectionCount, expected: usize) {
+    use std::sync::atomic::Ordering;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count.open.load(Ordering::SeqCst) != expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(count.open.load(Ordering::SeqCst), expected);
 }
 
 async fn open_connections_per_worker(proxy: &Proxy) -> Vec<u64> {

@@ -4,11 +4,15 @@
 //! is a single-threaded runtime), so a call never crosses threads (measured: about a quarter
 //! more calls per second than the shared pool). The upstream connection runs as a task of
 //! its own rather than inside the client connection's task, so a wake-up of one does not
-//! poll the other. HTTP/2 clients (many calls at once on one connection), protocol upgrades
-//! and `upstream_protocol = "h2c"` use the shared upstream pool instead.
+//! poll the other. When the client connection closes, its upstream connection goes to its
+//! worker's idle set ([`IdleUpstreams`], nginx's `keepalive`) for the worker's next client
+//! connection, so clients that open a connection per call do not cost an upstream connect
+//! per call. HTTP/2 clients (many calls at once on one connection), protocol upgrades and
+//! `upstream_protocol = "h2c"` use the shared upstream pool instead.
 
-use std::sync::Mutex;
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -31,19 +35,73 @@ pub enum SendError {
     Http(hyper::Error),
 }
 
+type Sender = http1::SendRequest<UpstreamBody>;
+
+/// How long an upstream connection may wait in a worker's idle set, as the shared pool's
+/// idle timeout.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// One worker's idle upstream connections, left by client connections that closed, for the
+/// worker's next client connections: at most `capacity`, the least recently used closed
+/// first when it is exceeded (nginx's `keepalive` in an `upstream` block), each for at most
+/// [`IDLE_TIMEOUT`].
+pub struct IdleUpstreams {
+    capacity: usize,
+    idle: Mutex<VecDeque<(Sender, Instant)>>,
+}
+
+impl IdleUpstreams {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            idle: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn put(&self, sender: Sender) {
+        if self.capacity == 0 || sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while idle.len() >= self.capacity {
+            idle.pop_front();
+        }
+        idle.push_back((sender, Instant::now()));
+    }
+
+    /// The most recently used connection still open (the least likely to be timed out by
+    /// the upstream).
+    fn take(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((sender, since)) = idle.pop_back() {
+            if since.elapsed() > IDLE_TIMEOUT {
+                // Every connection before it has waited longer still.
+                idle.clear();
+                return None;
+            }
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+}
+
 /// The upstream connection of one client connection.
 pub struct Affinity {
     authority: String,
     connect_timeout: Duration,
-    sender: Mutex<Option<http1::SendRequest<UpstreamBody>>>,
+    sender: Mutex<Option<Sender>>,
+    idle: Arc<IdleUpstreams>,
 }
 
 impl Affinity {
-    pub fn new(authority: String, connect_timeout: Duration) -> Self {
+    pub fn new(authority: String, connect_timeout: Duration, idle: Arc<IdleUpstreams>) -> Self {
         Self {
             authority,
             connect_timeout,
             sender: Mutex::new(None),
+            idle,
         }
     }
 
@@ -79,20 +137,27 @@ impl Affinity {
         }
     }
 
-    /// The upstream connection once it is ready for another request, if it is still open.
-    /// (A pipelining client's previous response may still be streaming; it is being written
-    /// to the client meanwhile, so this wait ends.)
-    async fn open_sender(&self) -> Option<http1::SendRequest<UpstreamBody>> {
-        let mut sender = self
-            .sender
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()?;
-        sender.ready().await.ok()?;
-        Some(sender)
+    /// The upstream connection once it is ready for another request, if it is still open,
+    /// else one from the worker's idle set. (A pipelining client's previous response may
+    /// still be streaming; it is being written to the client meanwhile, so this wait ends. An
+    /// idle connection whose last response was cut short is drained or closed by hyper, so
+    /// its wait ends too.)
+    async fn open_sender(&self) -> Option<Sender> {
+        let own = self.sender.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut sender) = own {
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+        while let Some(mut sender) = self.idle.take() {
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+        None
     }
 
-    async fn connect(&self) -> Result<http1::SendRequest<UpstreamBody>, SendError> {
+    async fn connect(&self) -> Result<Sender, SendError> {
         let stream = tokio::time::timeout(
             self.connect_timeout,
             TcpStream::connect(self.authority.as_str()),
@@ -105,12 +170,27 @@ impl Affinity {
             .await
             .map_err(SendError::Http)?;
         // On the worker's runtime, so on this thread. It ends when the connection closes, or
-        // when the client connection's task (holding the only sender) is gone.
+        // when its only sender is dropped (the client connection gone and the worker's idle
+        // set full, past its timeout, or stopped).
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "upstream connection ended");
             }
         });
         Ok(sender)
+    }
+}
+
+impl Drop for Affinity {
+    /// The client connection has closed: its upstream connection waits for the worker's next.
+    fn drop(&mut self) {
+        let sender = self
+            .sender
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(sender) = sender {
+            self.idle.put(sender);
+        }
     }
 }

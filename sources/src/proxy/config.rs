@@ -89,10 +89,18 @@ pub struct ProxyConfig {
     /// core by default, as nginx's `worker_processes auto`).
     #[serde(default = "default_workers")]
     pub workers: NonZeroUsize,
+    /// Idle upstream connections each worker keeps for its next client connections once the
+    /// client connection they served has closed (nginx's `keepalive`); 0: an upstream
+    /// connection closes with its client connection.
+    #[serde(default = "default_upstream_keepalive")]
+    pub upstream_keepalive: usize,
 }
 
 fn default_workers() -> NonZeroUsize {
     std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+}
+fn default_upstream_keepalive() -> usize {
+    128
 }
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9090))

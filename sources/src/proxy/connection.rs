@@ -13,6 +13,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpStream;
 
+use super::affinity::IdleUpstreams;
 use super::server::{ClientConnection, Forwarder};
 
 /// The connection builder every worker uses.
@@ -20,16 +21,18 @@ pub fn builder() -> auto::Builder<TokioExecutor> {
     auto::Builder::new(TokioExecutor::new())
 }
 
-/// The task serving `stream` until the client closes it (or the proxy stops, via `graceful`).
+/// The task serving `stream` until the client closes it (or the proxy stops, via `graceful`);
+/// its HTTP/1.1 calls go over an upstream connection from, and later left to, `idle_upstreams`.
 pub fn serve(
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
     stream: TcpStream,
     client: SocketAddr,
     forwarder: Arc<Forwarder>,
+    idle_upstreams: &Arc<IdleUpstreams>,
 ) -> impl Future<Output = ()> + Send + 'static {
     let _ = stream.set_nodelay(true);
-    let affinity = Arc::new(forwarder.affinity());
+    let affinity = Arc::new(forwarder.affinity(idle_upstreams.clone()));
     let handler = forwarder.clone();
     let client_connection = Arc::new(ClientConnection::new(client));
     let service = service_fn(move |request| {

@@ -23,7 +23,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use super::affinity::Affinity;
+use super::affinity::{Affinity, IdleUpstreams};
 use super::body::{CallRecord, ObservedBody, RequestTap, TeeBody};
 use super::config::{HostHeader, ProxyConfig, UpstreamProtocol, WebSocketPolicy};
 use super::observe::BodyKind;
@@ -168,12 +168,19 @@ impl Forwarder {
         self.emitter.emit(event, &[]);
     }
 
-    /// A client connection's own upstream connection (see [`Affinity`]).
-    pub fn affinity(&self) -> Affinity {
+    /// A client connection's own upstream connection (see [`Affinity`]), taken from and left
+    /// to its worker's `idle` upstream connections.
+    pub fn affinity(&self, idle: Arc<IdleUpstreams>) -> Affinity {
         Affinity::new(
             self.upstream_authority.clone(),
             self.config.connect_timeout.0,
+            idle,
         )
+    }
+
+    /// A worker's set of idle upstream connections, as large as `upstream_keepalive`.
+    pub fn idle_upstreams(&self) -> IdleUpstreams {
+        IdleUpstreams::new(self.config.upstream_keepalive)
     }
 
     /// Handles one request. Never fails: upstream problems become 502 / 504 responses. Calls

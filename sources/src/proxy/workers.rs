@@ -143,6 +143,7 @@ async fn run_worker(
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = connection::builder();
+    let idle_upstreams = Arc::new(forwarder.idle_upstreams());
     loop {
         let (stream, client, guard) = tokio::select! {
             _ = stop.cancelled() => break,
@@ -158,7 +159,14 @@ async fn run_worker(
                 continue;
             }
         };
-        let served = connection::serve(&builder, &graceful, stream, client, forwarder.clone());
+        let served = connection::serve(
+            &builder,
+            &graceful,
+            stream,
+            client,
+            forwarder.clone(),
+            &idle_upstreams,
+        );
         tokio::spawn(async move {
             served.await;
             drop(guard);
