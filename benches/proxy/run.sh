@@ -12,7 +12,9 @@
 #   pipeline binary, e.g. an earlier build kept aside for an A/B; CPU_ROUNDS=3: rounds of the
 #   CPU-per-call measurement, 0 to skip; CALLGRIND=1: also count the proxy's instructions per
 #   call under valgrind's callgrind, which is repeatable whatever else the machine is doing;
-#   SYSCALLS=1: also count each proxy's system calls per call under strace)
+#   SYSCALLS=1: also count each proxy's system calls per call under strace; CLOSE_ROUNDS=ROUNDS:
+#   rounds of the part where every call comes on a new client connection, 0 to skip;
+#   CLOSE_CONNECTIONS=16: its connections)
 #
 # Then, at a fixed rate (benches' `fixed-rate` tool, open loop), the latency each path adds
 # over the direct call.
@@ -192,6 +194,33 @@ for _ in $(seq "$rounds"); do
     run "hyper floor (no capture)" "http://127.0.0.1:19190/v1/chat/completions"
   fi
 done
+
+# Clients that open a new connection for every call (`Connection: close`, as many scripts and
+# some gateways do): each path then accepts a connection per call, and a proxy must not also
+# connect upstream per call — nginx keeps its upstream connections (`keepalive`), the proxy
+# source its workers' idle ones (`upstream_keepalive`); the floor connects upstream per client
+# connection.
+close_connections="${CLOSE_CONNECTIONS:-16}"
+run_close() {
+  local name="$1" url="$2"
+  wrk -t1 -c"$close_connections" -d"$duration" -H "Connection: close" -s "$work/post.lua" "$url" > "$work/$name.txt"
+  printf '| %-34s | %12s |\n' "$name" "$(awk '/Requests\/sec/ {print $2}' "$work/$name.txt")"
+  truncate_call_log
+}
+if [ "${CLOSE_ROUNDS:-$rounds}" -gt 0 ]; then
+  echo
+  echo "wrk -t1 -c$close_connections -d$duration with Connection: close (a new client connection per call), ${CLOSE_ROUNDS:-$rounds} round(s)"
+  printf '| %-34s | %12s |\n' "path" "requests/s"
+  printf '|%s|%s|\n' "------------------------------------" "--------------"
+  for _ in $(seq "${CLOSE_ROUNDS:-$rounds}"); do
+    run_close "direct (nginx upstream)" "http://127.0.0.1:18002/v1/chat/completions"
+    run_close "nginx proxy_pass" "http://127.0.0.1:18080/v1/chat/completions"
+    run_close "pipeline proxy (events -> window)" "http://127.0.0.1:19090/v1/chat/completions"
+    if [ -n "${floor_pid:-}" ]; then
+      run_close "hyper floor (no capture)" "http://127.0.0.1:19190/v1/chat/completions"
+    fi
+  done
+fi
 
 # Added latency at a fixed, realistic rate (open loop: no coordinated omission).
 fixed_rate="$target/release/fixed-rate"
