@@ -14,7 +14,8 @@
 #   call under valgrind's callgrind, which is repeatable whatever else the machine is doing;
 #   SYSCALLS=1: also count each proxy's system calls per call under strace; CLOSE_ROUNDS=ROUNDS:
 #   rounds of the part where every call comes on a new client connection, 0 to skip;
-#   CLOSE_CONNECTIONS=16: its connections)
+#   CLOSE_CONNECTIONS=16: its connections; PROXY_SETTINGS='key = value': more settings for the
+#   proxy source, e.g. 'upstream_keepalive = 0')
 #
 # Then, at a fixed rate (benches' `fixed-rate` tool, open loop), the latency each path adds
 # over the direct call.
@@ -128,6 +129,7 @@ type = "proxy"
 listen = "127.0.0.1:19090"
 admin_listen = "127.0.0.1:19091"
 upstream = "http://127.0.0.1:18002"
+${PROXY_SETTINGS:-}
 
 [operators.per_10s]
 type = "window"
