@@ -880,6 +880,22 @@ async fn a_closed_client_connection_leaves_its_upstream_connection_to_the_next()
     call_ok(&one_connection_client(), &proxy.url).await;
     assert_eq!(count.accepted.load(Ordering::SeqCst), 5);
     proxy.stop().await;
+    wait_until_open_upstream_connections(&count, 0).await;
+
+    // An idle upstream connection is closed after `upstream_keepalive_timeout`, even when no
+    // client connection comes to take it.
+    let proxy = Proxy::start(
+        &format!("http://{upstream}"),
+        "workers = 1\nupstream_keepalive_timeout = \"300ms\"",
+        64,
+    )
+    .await;
+    call_ok(&one_connection_client(), &proxy.url).await;
+    wait_for_worker_load(&proxy, &[0]).await;
+    assert_eq!(count.accepted.load(Ordering::SeqCst), 6);
+    assert_eq!(count.open.load(Ordering::SeqCst), 1, "kept idle at first");
+    wait_until_open_upstream_connections(&count, 0).await;
+    proxy.stop().await;
 }
 
 /// A client that keeps a single connection to the proxy.

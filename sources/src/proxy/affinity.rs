@@ -37,25 +37,37 @@ pub enum SendError {
 
 type Sender = http1::SendRequest<UpstreamBody>;
 
-/// How long an upstream connection may wait in a worker's idle set, as the shared pool's
-/// idle timeout.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
 /// One worker's idle upstream connections, left by client connections that closed, for the
 /// worker's next client connections: at most `capacity`, the least recently used closed
-/// first when it is exceeded (nginx's `keepalive` in an `upstream` block), each for at most
-/// [`IDLE_TIMEOUT`].
+/// first when it is exceeded (nginx's `keepalive` in an `upstream` block), each closed once it
+/// has waited `timeout` (by [`IdleUpstreams::close_expired`], which the worker calls every
+/// [`IdleUpstreams::sweep_interval`]).
 pub struct IdleUpstreams {
     capacity: usize,
+    timeout: Duration,
     idle: Mutex<VecDeque<(Sender, Instant)>>,
 }
 
 impl IdleUpstreams {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, timeout: Duration) -> Self {
         Self {
             capacity,
+            timeout,
             idle: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// How often the worker closes expired connections: a quarter of the timeout, so none
+    /// waits more than a quarter longer than it should.
+    pub fn sweep_interval(&self) -> Duration {
+        (self.timeout / 4).max(Duration::from_millis(10))
+    }
+
+    /// Closes the connections that have waited `timeout` or that the upstream has closed,
+    /// oldest first.
+    pub fn close_expired(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|(sender, since)| since.elapsed() < self.timeout && !sender.is_closed());
     }
 
     fn put(&self, sender: Sender) {
@@ -74,7 +86,7 @@ impl IdleUpstreams {
     fn take(&self) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some((sender, since)) = idle.pop_back() {
-            if since.elapsed() > IDLE_TIMEOUT {
+            if since.elapsed() >= self.timeout {
                 // Every connection before it has waited longer still.
                 idle.clear();
                 return None;

@@ -94,6 +94,10 @@ pub struct ProxyConfig {
     /// connection closes with its client connection.
     #[serde(default = "default_upstream_keepalive")]
     pub upstream_keepalive: usize,
+    /// How long such an idle upstream connection is kept before the proxy closes it (nginx's
+    /// `keepalive_timeout` in an `upstream` block).
+    #[serde(default = "default_upstream_keepalive_timeout")]
+    pub upstream_keepalive_timeout: ConfigDuration,
 }
 
 fn default_workers() -> NonZeroUsize {
@@ -101,6 +105,9 @@ fn default_workers() -> NonZeroUsize {
 }
 fn default_upstream_keepalive() -> usize {
     128
+}
+fn default_upstream_keepalive_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(90)
 }
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9090))

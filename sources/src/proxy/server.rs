@@ -178,9 +178,13 @@ impl Forwarder {
         )
     }
 
-    /// A worker's set of idle upstream connections, as large as `upstream_keepalive`.
+    /// A worker's set of idle upstream connections, as large as `upstream_keepalive`, each
+    /// kept for `upstream_keepalive_timeout`.
     pub fn idle_upstreams(&self) -> IdleUpstreams {
-        IdleUpstreams::new(self.config.upstream_keepalive)
+        IdleUpstreams::new(
+            self.config.upstream_keepalive,
+            self.config.upstream_keepalive_timeout.0,
+        )
     }
 
     /// Handles one request. Never fails: upstream problems become 502 / 504 responses. Calls

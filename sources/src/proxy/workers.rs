@@ -144,6 +144,16 @@ async fn run_worker(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = connection::builder();
     let idle_upstreams = Arc::new(forwarder.idle_upstreams());
+    // Ends with the worker's runtime.
+    let sweeping = idle_upstreams.clone();
+    tokio::spawn(async move {
+        let mut sweeps = tokio::time::interval(sweeping.sweep_interval());
+        sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            sweeps.tick().await;
+            sweeping.close_expired();
+        }
+    });
     loop {
         let (stream, client, guard) = tokio::select! {
             _ = stop.cancelled() => break,
