@@ -184,6 +184,9 @@ run() {
   truncate_call_log
 }
 
+# nginx's worker processes (started by now: the proxies above took their time), for the CPU
+# and system-call counts.
+nginx_workers=$(pgrep -P "$(cat "$work/nginx-proxy/nginx.pid")" | tr '\n' ' ')
 echo "wrk -t1 -c$connections -d$duration, POST JSON, on $(nproc) cores, $rounds round(s) of every path in turn"
 printf '| %-34s | %12s | %10s | %10s |\n' "path" "requests/s" "p50" "p99"
 printf '|%s|%s|%s|%s|\n' "------------------------------------" "--------------" "------------" "------------"
@@ -261,7 +264,6 @@ cpu_per_call() {
   truncate_call_log
 }
 if [ "${CPU_ROUNDS:-3}" -gt 0 ]; then
-  nginx_workers=$(pgrep -P "$(cat "$work/nginx-proxy/nginx.pid")" | tr '\n' ' ')
   echo
   echo "CPU per call (utime + stime over a 5 s wrk run, 64 connections, after 2 s warm-up)"
   printf '| %-34s | %10s | %14s |\n' "path" "calls/s" "CPU µs / call"
@@ -300,7 +302,6 @@ syscalls_per_call() {
 }
 if [ "${SYSCALLS:-0}" = 1 ]; then
   command -v strace >/dev/null || { echo "strace is missing: apt-get install strace" >&2; exit 1; }
-  nginx_workers=$(pgrep -P "$(cat "$work/nginx-proxy/nginx.pid")" | tr '\n' ' ')
   echo
   echo "system calls per call (strace -c, every thread, 5 s wrk run at 64 connections)"
   printf '| %-34s | %8s | %10s | %-50s |\n' "path" "calls" "per call" "each (at least 0.05 per call)"
