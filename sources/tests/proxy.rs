@@ -11,20 +11,17 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use engine::component::{Source, SourceContext};
-use engine::message::Message;
-use engine::metrics::ComponentMetrics;
-use engine::runtime::output::Output;
-use engine::schema::api_call::{batch_to_api_calls, ApiCall, Outcome};
+use engine::schema::api_call::{ApiCall, Outcome};
 use http_body_util::{BodyExt, Either, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use sources::proxy::{ProxyConfig, ProxySource};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc;
+
+mod proxy_harness;
+use proxy_harness::{client, free_port, one_connection_client, raw_exchange, Proxy};
 
 /// Body frames fed from a channel, for a streaming upstream.
 struct Frames(mpsc::Receiver<Bytes>);
@@ -196,84 +193,6 @@ async fn start_upstream() -> SocketAddr {
         }
     });
     address
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Proxy {
-    url: String,
-    admin: String,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<engine::component::ComponentResult>,
-    events: mpsc::Receiver<Message>,
-    metrics: Arc<ComponentMetrics>,
-}
-
-impl Proxy {
-    async fn start(upstream: &str, extra: &str, channel_capacity: usize) -> Proxy {
-        let (port, admin_port) = (free_port(), free_port());
-        let config: ProxyConfig = toml::from_str(&format!(
-            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nupstream = \"{upstream}\"\nlinger = \"20ms\"\n{extra}"
-        ))
-        .unwrap();
-        let metrics = ComponentMetrics::new();
-        let mut output = Output::detached(1, metrics.clone());
-        let events = output.connect(0, channel_capacity, ComponentMetrics::new());
-        let shutdown = CancellationToken::new();
-        let (_barrier_tx, barriers) = mpsc::channel(1);
-        let context = SourceContext {
-            id: "proxy".into(),
-            output,
-            barriers,
-            completed_checkpoints: watch::channel(0).1,
-            checkpoint_requests: engine::component::CheckpointRequester::detached(),
-            shutdown: shutdown.clone(),
-            metrics: metrics.clone(),
-            restored_state: None,
-            state: engine::component::StateReporter::detached(),
-        };
-        let task = tokio::spawn(Box::new(ProxySource::new(config)).run(context));
-        let admin = format!("http://127.0.0.1:{admin_port}");
-        for _ in 0..100 {
-            if reqwest::get(format!("{admin}/health"))
-                .await
-                .is_ok_and(|r| r.status() == 200)
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Proxy {
-            url: format!("http://127.0.0.1:{port}"),
-            admin,
-            shutdown,
-            task,
-            events,
-            metrics,
-        }
-    }
-
-    async fn stop(mut self) -> Vec<ApiCall> {
-        self.shutdown.cancel();
-        self.task.await.unwrap().unwrap();
-        let mut calls = Vec::new();
-        while let Ok(message) = self.events.try_recv() {
-            if let Message::Data(batch) = message {
-                calls.extend(batch_to_api_calls(&batch).unwrap());
-            }
-        }
-        calls
-    }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
 #[tokio::test]
@@ -679,15 +598,6 @@ async fn large_bodies_pass_through_byte_for_byte_in_both_directions() {
 }
 
 /// Sends raw bytes and returns what the proxy answered (until it closes the connection).
-async fn raw_exchange(address: &str, request: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let _ = stream.write_all(request).await;
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
-    String::from_utf8_lossy(&answer).to_string()
-}
-
 #[tokio::test]
 async fn malformed_requests_get_a_4xx_and_an_event_and_the_proxy_carries_on() {
     let upstream = start_upstream().await;
@@ -898,15 +808,6 @@ async fn a_closed_client_connection_leaves_its_upstream_connection_to_the_next()
     proxy.stop().await;
 }
 
-/// A client that keeps a single connection to the proxy.
-fn one_connection_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(1)
-        .build()
-        .unwrap()
-}
-
 async fn call_ok(client: &reqwest::Client, url: &str) {
     let response = client
         .post(format!("{url}/v1/chat/completions"))
@@ -999,4 +900,50 @@ async fn connections_are_spread_over_the_workers_and_each_serves_its_calls() {
     models.sort();
     models.dedup();
     assert_eq!(models, ["m0", "m1", "m2", "m3", "m4", "m5"]);
+}
+
+#[tokio::test]
+async fn chunked_request_bodies_and_pipelined_head_requests_are_forwarded_and_measured() {
+    let upstream = start_upstream().await;
+    let proxy = Proxy::start(&format!("http://{upstream}"), "", 64).await;
+    // A chunked body split inside its `model` field, then a pipelined HEAD that closes.
+    let answer = raw_exchange(
+        proxy.url.trim_start_matches("http://"),
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+          7\r\n{\"model\r\n9;ext=1\r\n\": \"m-1\"}\r\n0\r\n\r\n\
+          HEAD /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let responses: Vec<&str> = answer.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(responses.len(), 2, "{answer}");
+    assert!(responses[0].starts_with("200 "), "{answer}");
+    assert!(
+        responses[0].contains("\"completion_tokens\":34"),
+        "{answer}"
+    );
+    // A HEAD response has no body, whatever its Content-Length says; the connection then
+    // closes as the client asked.
+    assert!(responses[1].starts_with("200 "), "{answer}");
+    assert!(responses[1].ends_with("\r\n\r\n"), "{answer}");
+    assert!(responses[1].contains("connection: close\r\n"), "{answer}");
+    let calls = proxy.stop().await;
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    let chat = calls
+        .iter()
+        .find(|c| c.endpoint.as_deref() == Some("/v1/chat/completions"))
+        .expect("the chunked call's event");
+    assert_eq!(chat.model.as_deref(), Some("m-1"));
+    assert_eq!(chat.request_bytes, Some(16));
+    assert_eq!(
+        (chat.input_tokens, chat.output_tokens),
+        (Some(12), Some(34))
+    );
+    let head = calls
+        .iter()
+        .find(|c| c.method.as_deref() == Some("HEAD"))
+        .expect("the HEAD call's event");
+    assert_eq!(
+        (head.status_code, head.response_bytes),
+        (Some(200), Some(0))
+    );
 }

@@ -1,18 +1,18 @@
-//! Upstream connections owned by one client connection. An HTTP/1.1 client sends its calls
+//! Upstream connections owned by one client connection that hyper serves (the direct path,
+//! `super::direct`, keeps its own as a plain socket). An HTTP/1.1 client sends its calls
 //! on a connection one after another, so that connection gets an upstream connection of its
 //! own: no pool lock, and its task is spawned on the worker serving the client (each worker
 //! is a single-threaded runtime), so a call never crosses threads (measured: about a quarter
 //! more calls per second than the shared pool). The upstream connection runs as a task of
 //! its own rather than inside the client connection's task, so a wake-up of one does not
 //! poll the other. When the client connection closes, its upstream connection goes to its
-//! worker's idle set ([`IdleUpstreams`], nginx's `keepalive`) for the worker's next client
+//! worker's idle set ([`IdleSenders`], nginx's `keepalive`) for the worker's next client
 //! connection, so clients that open a connection per call do not cost an upstream connect
 //! per call. HTTP/2 clients (many calls at once on one connection), protocol upgrades and
 //! `upstream_protocol = "h2c"` use the shared upstream pool instead.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -21,6 +21,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::body::TeeBody;
+use super::idle::{IdleConnection, IdleUpstreams};
 
 pub type UpstreamBody = TeeBody<Incoming>;
 
@@ -37,65 +38,12 @@ pub enum SendError {
 
 type Sender = http1::SendRequest<UpstreamBody>;
 
-/// One worker's idle upstream connections, left by client connections that closed, for the
-/// worker's next client connections: at most `capacity`, the least recently used closed
-/// first when it is exceeded (nginx's `keepalive` in an `upstream` block), each closed once it
-/// has waited `timeout` (by [`IdleUpstreams::close_expired`], which the worker calls every
-/// [`IdleUpstreams::sweep_interval`]).
-pub struct IdleUpstreams {
-    capacity: usize,
-    timeout: Duration,
-    idle: Mutex<VecDeque<(Sender, Instant)>>,
-}
+/// A worker's idle hyper upstream connections.
+pub type IdleSenders = IdleUpstreams<Sender>;
 
-impl IdleUpstreams {
-    pub fn new(capacity: usize, timeout: Duration) -> Self {
-        Self {
-            capacity,
-            timeout,
-            idle: Mutex::new(VecDeque::new()),
-        }
-    }
-
-    /// How often the worker closes expired connections: a quarter of the timeout, so none
-    /// waits more than a quarter longer than it should.
-    pub fn sweep_interval(&self) -> Duration {
-        (self.timeout / 4).max(Duration::from_millis(10))
-    }
-
-    /// Closes the connections that have waited `timeout` or that the upstream has closed,
-    /// oldest first.
-    pub fn close_expired(&self) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|(sender, since)| since.elapsed() < self.timeout && !sender.is_closed());
-    }
-
-    fn put(&self, sender: Sender) {
-        if self.capacity == 0 || sender.is_closed() {
-            return;
-        }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while idle.len() >= self.capacity {
-            idle.pop_front();
-        }
-        idle.push_back((sender, Instant::now()));
-    }
-
-    /// The most recently used connection still open (the least likely to be timed out by
-    /// the upstream).
-    fn take(&self) -> Option<Sender> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((sender, since)) = idle.pop_back() {
-            if since.elapsed() >= self.timeout {
-                // Every connection before it has waited longer still.
-                idle.clear();
-                return None;
-            }
-            if !sender.is_closed() {
-                return Some(sender);
-            }
-        }
-        None
+impl IdleConnection for Sender {
+    fn is_closed(&self) -> bool {
+        Sender::is_closed(self)
     }
 }
 
@@ -104,11 +52,11 @@ pub struct Affinity {
     authority: String,
     connect_timeout: Duration,
     sender: Mutex<Option<Sender>>,
-    idle: Arc<IdleUpstreams>,
+    idle: Arc<IdleSenders>,
 }
 
 impl Affinity {
-    pub fn new(authority: String, connect_timeout: Duration, idle: Arc<IdleUpstreams>) -> Self {
+    pub fn new(authority: String, connect_timeout: Duration, idle: Arc<IdleSenders>) -> Self {
         Self {
             authority,
             connect_timeout,

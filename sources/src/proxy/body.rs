@@ -23,6 +23,20 @@ pub struct RequestTap {
     prefix: Mutex<Vec<u8>>,
 }
 
+impl RequestTap {
+    /// Counts the body's next `data` and keeps what fits of it in the first `limit` bytes.
+    pub fn record(&self, data: &[u8], limit: usize) {
+        self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if limit > 0 {
+            let mut prefix = self.prefix.lock().unwrap_or_else(|e| e.into_inner());
+            let room = limit.saturating_sub(prefix.len());
+            if room > 0 {
+                prefix.extend_from_slice(&data[..room.min(data.len())]);
+            }
+        }
+    }
+}
+
 /// The request body, passed through frame by frame.
 pub struct TeeBody<B> {
     inner: B,
@@ -49,16 +63,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for TeeBody<B> {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
-                this.tap
-                    .bytes
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-                if this.limit > 0 {
-                    let mut prefix = this.tap.prefix.lock().unwrap_or_else(|e| e.into_inner());
-                    let room = this.limit.saturating_sub(prefix.len());
-                    if room > 0 {
-                        prefix.extend_from_slice(&data[..room.min(data.len())]);
-                    }
-                }
+                this.tap.record(data, this.limit);
             }
         }
         polled

@@ -27,6 +27,17 @@ pub enum UpstreamProtocol {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
+pub enum Http1Forwarding {
+    /// Common HTTP/1.1 calls on the proxy's own direct path (one task, no channels), anything
+    /// else (HTTP/1.0, h2c, upgrades, `Expect`, malformed requests) through hyper.
+    #[default]
+    Direct,
+    /// Every call through hyper.
+    Hyper,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
 pub enum WebSocketPolicy {
     /// Pass WebSocket upgrades through to the upstream (one event per upgrade).
     #[default]
@@ -45,6 +56,9 @@ pub struct ProxyConfig {
     pub upstream: String,
     #[serde(default)]
     pub upstream_protocol: UpstreamProtocol,
+    /// How HTTP/1.1 calls to an HTTP/1.1 upstream are forwarded.
+    #[serde(default)]
+    pub http1_forwarding: Http1Forwarding,
     /// The proxy's own health endpoint, apart from the upstream's paths.
     #[serde(default = "default_admin_listen")]
     pub admin_listen: Option<SocketAddr>,

@@ -1,52 +1,110 @@
-//! One client connection of the proxy: hyper serves it (HTTP/1.1 or h2c, with upgrades) with
-//! its own upstream connection for HTTP/1.1 calls, and requests hyper refuses before any
-//! handler runs still become events.
+//! One client connection of the proxy: HTTP/1.1 calls to an HTTP/1.1 upstream go over the
+//! direct path until a request needs hyper; hyper serves the rest (HTTP/1.x or h2c, with
+//! upgrades) with its own upstream connection for HTTP/1.1 calls, and requests hyper refuses
+//! before any handler runs still become events.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
-use super::affinity::IdleUpstreams;
+use super::affinity::IdleSenders;
+use super::config::{Http1Forwarding, UpstreamProtocol};
+use super::direct::{self, Ended, IdleStreams, Rewind};
 use super::server::{ClientConnection, Forwarder};
 
-/// The connection builder every worker uses.
-pub fn builder() -> auto::Builder<TokioExecutor> {
-    auto::Builder::new(TokioExecutor::new())
+/// What every connection of a worker shares.
+pub struct WorkerShared {
+    pub builder: auto::Builder<TokioExecutor>,
+    pub graceful: GracefulShutdown,
+    /// hyper's idle upstream connections.
+    pub idle_senders: Arc<IdleSenders>,
+    /// The direct path's idle upstream connections.
+    pub idle_streams: Arc<IdleStreams>,
+    pub stop: CancellationToken,
 }
 
-/// The task serving `stream` until the client closes it (or the proxy stops, via `graceful`);
-/// its HTTP/1.1 calls go over an upstream connection from, and later left to, `idle_upstreams`.
+impl WorkerShared {
+    pub fn new(forwarder: &Forwarder, stop: CancellationToken) -> Self {
+        Self {
+            builder: auto::Builder::new(TokioExecutor::new()),
+            graceful: GracefulShutdown::new(),
+            idle_senders: Arc::new(forwarder.idle_upstreams()),
+            idle_streams: Arc::new(forwarder.idle_upstreams()),
+            stop,
+        }
+    }
+}
+
+/// The task serving `stream` until the client closes it (or the proxy stops).
 pub fn serve(
-    builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
+    shared: &WorkerShared,
     stream: TcpStream,
     client: SocketAddr,
     forwarder: Arc<Forwarder>,
-    idle_upstreams: &Arc<IdleUpstreams>,
 ) -> impl Future<Output = ()> + Send + 'static {
     let _ = stream.set_nodelay(true);
-    let affinity = Arc::new(forwarder.affinity(idle_upstreams.clone()));
-    let handler = forwarder.clone();
-    let client_connection = Arc::new(ClientConnection::new(client));
-    let service = service_fn(move |request| {
-        handler
-            .clone()
-            .handle(request, client_connection.clone(), Some(affinity.clone()))
-    });
-    let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-        .into_owned();
-    let connection = graceful.watch(connection);
+    let hyper = HyperConnection {
+        builder: shared.builder.clone(),
+        watcher: shared.graceful.watcher(),
+        idle_senders: shared.idle_senders.clone(),
+        forwarder: forwarder.clone(),
+        client,
+    };
+    let direct = forwarder.config.http1_forwarding == Http1Forwarding::Direct
+        && forwarder.config.upstream_protocol == UpstreamProtocol::Http1;
+    let idle_streams = shared.idle_streams.clone();
+    let stop = shared.stop.clone();
     async move {
+        if !direct {
+            return hyper.serve(Rewind::new(Bytes::new(), stream)).await;
+        }
+        match direct::serve(stream, client, forwarder, idle_streams, stop).await {
+            Ended::Closed => {}
+            Ended::HandOff(rewound) => hyper.serve(rewound).await,
+        }
+    }
+}
+
+/// hyper serving a client connection.
+struct HyperConnection {
+    builder: auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    idle_senders: Arc<IdleSenders>,
+    forwarder: Arc<Forwarder>,
+    client: SocketAddr,
+}
+
+impl HyperConnection {
+    async fn serve(self, io: Rewind) {
+        let Self {
+            builder,
+            watcher,
+            idle_senders,
+            forwarder,
+            client,
+        } = self;
+        let affinity = Arc::new(forwarder.affinity(idle_senders));
+        let handler = forwarder.clone();
+        let client_connection = Arc::new(ClientConnection::new(client));
+        let service = service_fn(move |request| {
+            handler
+                .clone()
+                .handle(request, client_connection.clone(), Some(affinity.clone()))
+        });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
         let since = Instant::now();
-        if let Err(error) = connection.await {
+        if let Err(error) = watcher.watch(connection).await {
             // Requests hyper rejected before any handler ran still become events.
             if let Some(error) = error.downcast_ref::<hyper::Error>() {
                 if error.is_parse_too_large() {

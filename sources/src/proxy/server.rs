@@ -23,9 +23,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use super::affinity::{Affinity, IdleUpstreams};
+use super::affinity::{Affinity, IdleSenders};
 use super::body::{CallRecord, ObservedBody, RequestTap, TeeBody};
 use super::config::{HostHeader, ProxyConfig, UpstreamProtocol, WebSocketPolicy};
+use super::idle::{IdleConnection, IdleUpstreams};
 use super::observe::BodyKind;
 use super::Emitter;
 
@@ -36,7 +37,7 @@ pub type ProxyBody = Either<ObservedBody<Incoming>, Full<Bytes>>;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
 /// `Connection` comes first.
-static HOP_BY_HOP: [HeaderName; 8] = [
+pub(super) static HOP_BY_HOP: [HeaderName; 8] = [
     CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
@@ -53,7 +54,7 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// A client connection as the forwarding path sees it, worked out once per connection.
 pub struct ClientConnection {
     /// The client's IP address as an `X-Forwarded-For` element.
-    forwarded_for: HeaderValue,
+    pub(super) forwarded_for: HeaderValue,
 }
 
 impl ClientConnection {
@@ -64,19 +65,28 @@ impl ClientConnection {
     }
 }
 
+/// A call's event as it starts, before anything is sent upstream.
+pub struct CallStart {
+    pub record: Box<CallRecord>,
+    pub request_id: String,
+    /// Bytes of the request body's start to keep for the model (0 when it is already known).
+    pub prefix_limit: usize,
+    pub tap: Arc<RequestTap>,
+}
+
 pub struct Forwarder {
     pub config: ProxyConfig,
-    upstream_authority: String,
+    pub(super) upstream_authority: String,
     upstream_authority_parsed: Authority,
     /// The `Host` header sent upstream when `host = "rewrite"`.
-    upstream_host: HeaderValue,
-    upstream_base_path: String,
+    pub(super) upstream_host: HeaderValue,
+    pub(super) upstream_base_path: String,
     client: Client<HttpConnector, TeeBody<Incoming>>,
     pub emitter: Arc<Emitter>,
-    request_id_header: HeaderName,
+    pub(super) request_id_header: HeaderName,
     client_id_header: Option<HeaderName>,
     model_header: Option<HeaderName>,
-    overhead_header: Option<HeaderName>,
+    pub(super) overhead_header: Option<HeaderName>,
 }
 
 fn header_name(value: &str, what: &str) -> Result<HeaderName, String> {
@@ -135,10 +145,8 @@ impl Forwarder {
         })
     }
 
-    fn json_error(status: StatusCode, kind: &str, message: &str) -> Response<ProxyBody> {
-        let body =
-            serde_json::json!({"error": {"type": kind, "message": message, "source": "proxy"}})
-                .to_string();
+    pub(super) fn json_error(status: StatusCode, kind: &str, message: &str) -> Response<ProxyBody> {
+        let body = json_error_body(kind, message);
         let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
         *response.status_mut() = status;
         response
@@ -170,7 +178,7 @@ impl Forwarder {
 
     /// A client connection's own upstream connection (see [`Affinity`]), taken from and left
     /// to its worker's `idle` upstream connections.
-    pub fn affinity(&self, idle: Arc<IdleUpstreams>) -> Affinity {
+    pub fn affinity(&self, idle: Arc<IdleSenders>) -> Affinity {
         Affinity::new(
             self.upstream_authority.clone(),
             self.config.connect_timeout.0,
@@ -180,11 +188,68 @@ impl Forwarder {
 
     /// A worker's set of idle upstream connections, as large as `upstream_keepalive`, each
     /// kept for `upstream_keepalive_timeout`.
-    pub fn idle_upstreams(&self) -> IdleUpstreams {
+    pub fn idle_upstreams<C: IdleConnection>(&self) -> IdleUpstreams<C> {
         IdleUpstreams::new(
             self.config.upstream_keepalive,
             self.config.upstream_keepalive_timeout.0,
         )
+    }
+
+    /// The start of a call's event, from its method, path and a lookup of its headers (the
+    /// same for calls hyper serves and for the direct HTTP/1.1 path).
+    pub fn start_call<'h>(
+        &self,
+        method: &str,
+        path: &str,
+        header: impl Fn(&HeaderName) -> Option<&'h str>,
+    ) -> CallStart {
+        let started = Instant::now();
+        let event_time = now_micros();
+        let request_id = header(&self.request_id_header)
+            .map(str::to_string)
+            .unwrap_or_else(new_request_id);
+        let path_info = self.emitter.recognizer.from_path(path);
+        let header_model = self
+            .model_header
+            .as_ref()
+            .and_then(&header)
+            .map(str::to_string);
+        let client_id = self
+            .client_id_header
+            .as_ref()
+            .and_then(&header)
+            .map(str::to_string);
+        let event = ApiCall {
+            event_time,
+            request_id: request_id.clone(),
+            model: header_model.or(path_info.model),
+            endpoint: Some(path_info.route),
+            method: Some(method.to_owned()),
+            client_id,
+            upstream: Some(self.upstream_authority.clone()),
+            ..Default::default()
+        };
+        // The body's start is kept only while the model is still unknown.
+        let prefix_limit = if event.model.is_some() {
+            0
+        } else {
+            self.config.model_body_prefix_bytes
+        };
+        let tap = Arc::new(RequestTap::default());
+        // Boxed: the record rides along with the call's futures and the response body, which
+        // are moved several times on the way; a pointer moves cheaper than the event.
+        let record = Box::new(CallRecord {
+            event,
+            started,
+            request: tap.clone(),
+            emitter: self.emitter.clone(),
+        });
+        CallStart {
+            record,
+            request_id,
+            prefix_limit,
+            tap,
+        }
     }
 
     /// Handles one request. Never fails: upstream problems become 502 / 504 responses. Calls
@@ -196,27 +261,10 @@ impl Forwarder {
         client: Arc<ClientConnection>,
         affinity: Option<Arc<Affinity>>,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        let started = Instant::now();
-        let event_time = now_micros();
         let headers = request.headers();
-        let request_id = headers
-            .get(&self.request_id_header)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .unwrap_or_else(new_request_id);
-        let path_info = self.emitter.recognizer.from_path(request.uri().path());
-        let header_model = self
-            .model_header
-            .as_ref()
-            .and_then(|h| headers.get(h))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let client_id = self
-            .client_id_header
-            .as_ref()
-            .and_then(|h| headers.get(h))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let call = self.start_call(request.method().as_str(), request.uri().path(), |name| {
+            headers.get(name).and_then(|v| v.to_str().ok())
+        });
         let is_upgrade = headers.get(UPGRADE).is_some()
             && headers
                 .get(CONNECTION)
@@ -225,31 +273,13 @@ impl Forwarder {
                     v.split(',')
                         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
                 });
-        let event = ApiCall {
-            event_time,
-            request_id: request_id.clone(),
-            model: header_model.or(path_info.model),
-            endpoint: Some(path_info.route),
-            method: Some(request.method().as_str().to_owned()),
-            client_id,
-            upstream: Some(self.upstream_authority.clone()),
-            ..Default::default()
-        };
-        // The body's start is kept only while the model is still unknown.
-        let prefix_limit = if event.model.is_some() {
-            0
-        } else {
-            self.config.model_body_prefix_bytes
-        };
-        let request_tap = Arc::new(RequestTap::default());
-        // Boxed: the record rides along with the call's futures and the response body, which
-        // are moved several times on the way; a pointer moves cheaper than the event.
-        let record = Box::new(CallRecord {
-            event,
-            started,
-            request: request_tap.clone(),
-            emitter: self.emitter.clone(),
-        });
+        let CallStart {
+            record,
+            request_id,
+            prefix_limit,
+            tap: request_tap,
+        } = call;
+        let started = record.started;
         if is_upgrade && self.config.websocket == WebSocketPolicy::Refuse {
             let mut record = record;
             record.event.status_code = Some(501);
@@ -423,6 +453,11 @@ impl Forwarder {
             Either::Left(ObservedBody::new(body, record, kind)),
         ))
     }
+}
+
+/// The JSON body of an error the proxy answers itself.
+pub(super) fn json_error_body(kind: &str, message: &str) -> String {
+    serde_json::json!({"error": {"type": kind, "message": message, "source": "proxy"}}).to_string()
 }
 
 /// The target of the upstream request for a client's `uri`: the upstream's `base_path`

@@ -141,17 +141,16 @@ async fn run_worker(
     forwarder: Arc<Forwarder>,
     stop: CancellationToken,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = connection::builder();
-    let idle_upstreams = Arc::new(forwarder.idle_upstreams());
-    // Ends with the worker's runtime.
-    let sweeping = idle_upstreams.clone();
+    let shared = connection::WorkerShared::new(&forwarder, stop.clone());
+    // Both idle sets are swept by one task, which ends with the worker's runtime.
+    let (senders, streams) = (shared.idle_senders.clone(), shared.idle_streams.clone());
     tokio::spawn(async move {
-        let mut sweeps = tokio::time::interval(sweeping.sweep_interval());
+        let mut sweeps = tokio::time::interval(senders.sweep_interval());
         sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             sweeps.tick().await;
-            sweeping.close_expired();
+            senders.close_expired();
+            streams.close_expired();
         }
     });
     loop {
@@ -169,21 +168,18 @@ async fn run_worker(
                 continue;
             }
         };
-        let served = connection::serve(
-            &builder,
-            &graceful,
-            stream,
-            client,
-            forwarder.clone(),
-            &idle_upstreams,
-        );
+        let served = connection::serve(&shared, stream, client, forwarder.clone());
         tokio::spawn(async move {
             served.await;
             drop(guard);
         });
     }
-    // Connections handed over but not yet taken are closed; calls in flight may finish.
+    // Connections handed over but not yet taken are closed; calls in flight may finish: the
+    // direct path closes its connections between calls once `stop` is cancelled, hyper on
+    // its graceful shutdown. Every connection holds a graceful-shutdown watcher from its
+    // start (for a hand-off to hyper), so the shutdown waits for both kinds.
     drop(incoming);
+    let connection::WorkerShared { graceful, .. } = shared;
     let _ = tokio::time::timeout(GRACE, graceful.shutdown()).await;
 }
 

@@ -1,0 +1,305 @@
+//! Finds where a chunked message body (RFC 9112 §7.1) ends, and which of its bytes are data,
+//! as the bytes stream past: the direct path forwards the body's bytes unchanged and only needs
+//! to know where the message ends and what its content is (for the request's size and model
+//! prefix, and for the response observer).
+
+use std::ops::Range;
+
+/// A chunk size line longer than this (size, extensions and all) is refused.
+const MAX_SIZE_LINE: usize = 4096;
+/// Trailer section bytes allowed after the last chunk.
+const MAX_TRAILERS: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkError {
+    #[error("invalid chunk size line")]
+    SizeLine,
+    #[error("chunk size too large")]
+    SizeOverflow,
+    #[error("chunk data not followed by CRLF")]
+    DataEnd,
+    #[error("trailer section too large")]
+    Trailers,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading the hex size; `digits` seen so far.
+    Size {
+        digits: u8,
+    },
+    /// After the size: extensions or whitespace up to the line's end.
+    Extension,
+    /// Expecting the LF that ends the size line.
+    SizeLf,
+    Data {
+        remaining: u64,
+    },
+    DataCr,
+    DataLf,
+    /// At the start of a trailer field line, or the empty line that ends the message.
+    TrailerStart,
+    TrailerLine,
+    EndLf,
+    Done,
+}
+
+/// The scanner of one chunked body.
+#[derive(Debug)]
+pub struct ChunkedScanner {
+    state: State,
+    size: u64,
+    line_bytes: usize,
+    trailer_bytes: usize,
+}
+
+/// What one call to [`ChunkedScanner::scan`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Scanned {
+    /// Bytes of the input that belong to this body (all of it unless the body ended inside).
+    pub consumed: usize,
+    /// The body has ended (at `consumed`).
+    pub done: bool,
+}
+
+impl Default for ChunkedScanner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChunkedScanner {
+    pub fn new() -> Self {
+        Self {
+            state: State::Size { digits: 0 },
+            size: 0,
+            line_bytes: 0,
+            trailer_bytes: 0,
+        }
+    }
+
+    /// Scans `input`, the body's next bytes, calling `data` with the ranges of `input` that
+    /// are chunk data.
+    pub fn scan(
+        &mut self,
+        input: &[u8],
+        mut data: impl FnMut(Range<usize>),
+    ) -> Result<Scanned, ChunkError> {
+        let mut at = 0;
+        while at < input.len() {
+            let byte = input[at];
+            match self.state {
+                State::Size { digits } => {
+                    self.line_bytes += 1;
+                    if let Some(value) = hex_value(byte) {
+                        if digits >= 15 {
+                            return Err(ChunkError::SizeOverflow);
+                        }
+                        self.size = self.size * 16 + u64::from(value);
+                        self.state = State::Size { digits: digits + 1 };
+                    } else if digits == 0 {
+                        return Err(ChunkError::SizeLine);
+                    } else {
+                        match byte {
+                            b'\r' => self.state = State::SizeLf,
+                            b'\n' => self.end_size_line(),
+                            b';' | b' ' | b'\t' => self.state = State::Extension,
+                            _ => return Err(ChunkError::SizeLine),
+                        }
+                    }
+                    at += 1;
+                }
+                State::Extension => {
+                    self.line_bytes += 1;
+                    if self.line_bytes > MAX_SIZE_LINE {
+                        return Err(ChunkError::SizeLine);
+                    }
+                    match byte {
+                        b'\r' => self.state = State::SizeLf,
+                        b'\n' => self.end_size_line(),
+                        _ => {}
+                    }
+                    at += 1;
+                }
+                State::SizeLf => {
+                    if byte != b'\n' {
+                        return Err(ChunkError::SizeLine);
+                    }
+                    self.end_size_line();
+                    at += 1;
+                }
+                State::Data { remaining } => {
+                    let available = (input.len() - at) as u64;
+                    let take = remaining.min(available) as usize;
+                    data(at..at + take);
+                    at += take;
+                    let remaining = remaining - take as u64;
+                    self.state = if remaining == 0 {
+                        State::DataCr
+                    } else {
+                        State::Data { remaining }
+                    };
+                }
+                State::DataCr => {
+                    match byte {
+                        b'\r' => self.state = State::DataLf,
+                        b'\n' => self.start_size_line(),
+                        _ => return Err(ChunkError::DataEnd),
+                    }
+                    at += 1;
+                }
+                State::DataLf => {
+                    if byte != b'\n' {
+                        return Err(ChunkError::DataEnd);
+                    }
+                    self.start_size_line();
+                    at += 1;
+                }
+                State::TrailerStart => {
+                    self.count_trailer()?;
+                    match byte {
+                        b'\r' => self.state = State::EndLf,
+                        b'\n' => {
+                            self.state = State::Done;
+                            return Ok(Scanned {
+                                consumed: at + 1,
+                                done: true,
+                            });
+                        }
+                        _ => self.state = State::TrailerLine,
+                    }
+                    at += 1;
+                }
+                State::TrailerLine => {
+                    self.count_trailer()?;
+                    if byte == b'\n' {
+                        self.state = State::TrailerStart;
+                    }
+                    at += 1;
+                }
+                State::EndLf => {
+                    if byte != b'\n' {
+                        return Err(ChunkError::Trailers);
+                    }
+                    self.state = State::Done;
+                    return Ok(Scanned {
+                        consumed: at + 1,
+                        done: true,
+                    });
+                }
+                State::Done => {
+                    return Ok(Scanned {
+                        consumed: at,
+                        done: true,
+                    })
+                }
+            }
+        }
+        Ok(Scanned {
+            consumed: input.len(),
+            done: self.state == State::Done,
+        })
+    }
+
+    fn start_size_line(&mut self) {
+        self.state = State::Size { digits: 0 };
+        self.size = 0;
+        self.line_bytes = 0;
+    }
+
+    fn end_size_line(&mut self) {
+        self.state = if self.size == 0 {
+            State::TrailerStart
+        } else {
+            State::Data {
+                remaining: self.size,
+            }
+        };
+    }
+
+    fn count_trailer(&mut self) -> Result<(), ChunkError> {
+        self.trailer_bytes += 1;
+        if self.trailer_bytes > MAX_TRAILERS {
+            return Err(ChunkError::Trailers);
+        }
+        Ok(())
+    }
+}
+
+fn hex_value(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scans `body` split into pieces of `step` bytes; returns the data and where it ended.
+    fn scan_in_pieces(body: &[u8], step: usize) -> Result<(Vec<u8>, Option<usize>), ChunkError> {
+        let mut scanner = ChunkedScanner::new();
+        let mut content = Vec::new();
+        let mut offset = 0;
+        for piece in body.chunks(step) {
+            let scanned = scanner.scan(piece, |range| content.extend_from_slice(&piece[range]))?;
+            if scanned.done {
+                return Ok((content, Some(offset + scanned.consumed)));
+            }
+            offset += piece.len();
+        }
+        Ok((content, None))
+    }
+
+    #[test]
+    fn data_and_the_end_are_found_whatever_the_pieces() {
+        let body = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+        for step in 1..body.len() {
+            let (content, end) = scan_in_pieces(body, step).unwrap();
+            assert_eq!(content, b"hello, world", "step {step}");
+            assert_eq!(end, Some(body.len() - 4), "step {step}");
+        }
+    }
+
+    #[test]
+    fn an_unfinished_body_is_not_done() {
+        let (content, end) = scan_in_pieces(b"A\r\n0123456789\r\n", 4).unwrap();
+        assert_eq!(content, b"0123456789");
+        assert_eq!(end, None);
+    }
+
+    #[test]
+    fn bare_line_feeds_and_upper_case_sizes_are_accepted() {
+        let (content, end) = scan_in_pieces(b"B\n0123456789a\n0\n\n", 3).unwrap();
+        assert_eq!(content, b"0123456789a");
+        assert_eq!(end, Some(17));
+    }
+
+    #[test]
+    fn malformed_framing_is_refused() {
+        assert_eq!(
+            scan_in_pieces(b"zz\r\n", 8).unwrap_err(),
+            ChunkError::SizeLine
+        );
+        assert_eq!(
+            scan_in_pieces(b"\r\n", 8).unwrap_err(),
+            ChunkError::SizeLine
+        );
+        assert_eq!(
+            scan_in_pieces(b"3\r\nabcX", 8).unwrap_err(),
+            ChunkError::DataEnd
+        );
+        assert_eq!(
+            scan_in_pieces(b"ffffffffffffffff1\r\n", 8).unwrap_err(),
+            ChunkError::SizeOverflow
+        );
+        let long_extension = [b"1;".as_slice(), &[b'x'; MAX_SIZE_LINE], b"\r\n"].concat();
+        assert_eq!(
+            scan_in_pieces(&long_extension, 64).unwrap_err(),
+            ChunkError::SizeLine
+        );
+    }
+}
