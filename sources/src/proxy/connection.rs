@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -50,7 +51,7 @@ pub fn serve(
     stream: TcpStream,
     client: SocketAddr,
     forwarder: Arc<Forwarder>,
-) -> impl Future<Output = ()> + Send + 'static {
+) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
     let _ = stream.set_nodelay(true);
     let hyper = HyperConnection {
         builder: shared.builder.clone(),
@@ -63,15 +64,18 @@ pub fn serve(
         && forwarder.config.upstream_protocol == UpstreamProtocol::Http1;
     let idle_streams = shared.idle_streams.clone();
     let stop = shared.stop.clone();
-    async move {
+    // Boxed once here, so spawning the connection's task moves a pointer rather than the
+    // state machine; hyper's connection future, large and the rarer case on the direct path,
+    // is boxed on its own so the direct path's task does not carry its size.
+    Box::pin(async move {
         if !direct {
-            return hyper.serve(Rewind::new(Bytes::new(), stream)).await;
+            return Box::pin(hyper.serve(Rewind::new(Bytes::new(), stream))).await;
         }
         match direct::serve(stream, client, forwarder, idle_streams, stop).await {
             Ended::Closed => {}
-            Ended::HandOff(rewound) => hyper.serve(rewound).await,
+            Ended::HandOff(rewound) => Box::pin(hyper.serve(rewound)).await,
         }
-    }
+    })
 }
 
 /// hyper serving a client connection.
