@@ -191,26 +191,6 @@ async fn serve_admin(
     }
 }
 
-/// Accepts connections and hands each to a worker; on stop, waits for the workers' calls in
-/// flight to finish.
-async fn accept(listener: TcpListener, workers: Workers, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, client)) => workers.dispatch(stream, client),
-                Err(error) => {
-                    // Out of file descriptors, say: back off instead of spinning on it.
-                    tracing::warn!(%error, "accepting a connection failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-            },
-        }
-    }
-    drop(listener);
-    workers.finish().await;
-}
-
 #[async_trait]
 impl Source for ProxySource {
     async fn run(self: Box<Self>, mut ctx: SourceContext) -> ComponentResult {
@@ -236,15 +216,21 @@ impl Source for ProxySource {
             Arc::new(Forwarder::new(config.clone(), emitter).map_err(ComponentError::other)?);
         let stop = ctx.shutdown.child_token();
         tracing::info!(source = %ctx.id, listen = %config.listen, upstream = %config.upstream, "proxy listening");
+        let cannot_start = |e: std::io::Error| {
+            ComponentError::other(format!("cannot start the proxy's workers: {e}"))
+        };
+        // The workers accept on the listening socket themselves; they stop accepting, and let
+        // calls in flight finish, on `stop`.
         let workers = Workers::start(
             config.workers.get(),
             &ctx.id.to_string(),
+            listener.into_std().map_err(cannot_start)?,
             forwarder,
             stop.clone(),
         )
-        .map_err(|e| ComponentError::other(format!("cannot start the proxy's workers: {e}")))?;
+        .map_err(cannot_start)?;
         let load = workers.load();
-        let server = tokio::spawn(accept(listener, workers, stop.clone()));
+        let server = tokio::spawn(workers.finish());
         if let Some(admin) = admin {
             tokio::spawn(serve_admin(
                 admin,

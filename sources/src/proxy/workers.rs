@@ -3,16 +3,20 @@
 //! lives its whole life on one worker. A call is then served start to end on one thread —
 //! no work stealing, no wake-up of another thread, no cross-thread hand-off of the socket's
 //! readiness — which is where a multi-threaded runtime spent its time under load (context
-//! switches and futex wake-ups in a profile of the proxy). One acceptor hands each new
-//! connection to the worker with the fewest open connections, so a burst of connections
-//! cannot pile onto one core the way a per-socket hash can.
+//! switches and futex wake-ups in a profile of the proxy).
+//!
+//! Every worker accepts on the one listening socket (as nginx's workers do without
+//! `accept_mutex`), so a new connection is normally served by the thread that accepted it. A
+//! worker that holds more open connections than the least-loaded one hands the connection it
+//! accepted to that worker instead, so a burst of connections cannot pile onto one core (an
+//! idle worker would otherwise accept them all) the way a per-socket hash can.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -22,7 +26,7 @@ use super::server::Forwarder;
 /// How long calls in flight may take to finish once the proxy stops.
 const GRACE: Duration = Duration::from_secs(10);
 
-/// A connection accepted by the acceptor, on its way to a worker, counted open from here on.
+/// A connection accepted by one worker, on its way to another, counted open from here on.
 type Handoff = (std::net::TcpStream, SocketAddr, OpenConnection);
 
 struct Worker {
@@ -30,27 +34,59 @@ struct Worker {
     open: Arc<AtomicUsize>,
 }
 
+/// Where each accepted connection is served: every worker's open connections, and the way to
+/// hand a connection to each.
+struct Balancer {
+    workers: Vec<Worker>,
+    /// Held while a placement is chosen and counted, so two workers accepting at once cannot
+    /// both pick the same least-loaded worker.
+    placing: Mutex<()>,
+}
+
+impl Balancer {
+    /// The worker that serves a connection `accepted_by` accepted — that one unless it holds
+    /// more open connections than another (then the least loaded) — counted open there.
+    fn place(&self, accepted_by: usize) -> (usize, OpenConnection) {
+        let _placing = self
+            .placing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let load = |index: usize| self.workers[index].open.load(Ordering::Relaxed);
+        let mut target = accepted_by;
+        for index in 0..self.workers.len() {
+            if load(index) < load(target) {
+                target = index;
+            }
+        }
+        (target, OpenConnection::count(&self.workers[target].open))
+    }
+
+    fn open_connections(&self) -> Vec<usize> {
+        self.workers
+            .iter()
+            .map(|worker| worker.open.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
 /// The proxy's worker threads.
 pub struct Workers {
-    workers: Vec<Worker>,
+    balancer: Arc<Balancer>,
     finished: Vec<oneshot::Receiver<()>>,
 }
 
 /// Each worker's open client connections, for the admin endpoint.
 #[derive(Clone)]
-pub struct WorkerLoad(Vec<Arc<AtomicUsize>>);
+pub struct WorkerLoad(Arc<Balancer>);
 
 impl WorkerLoad {
     pub fn open_connections(&self) -> Vec<usize> {
-        self.0
-            .iter()
-            .map(|open| open.load(Ordering::Relaxed))
-            .collect()
+        self.0.open_connections()
     }
 }
 
-/// Counts a connection open from hand-off until its task ends, or until it is dropped unserved
-/// (left in a stopping worker's queue, or with the runtime).
+/// Counts a connection open from its placement until its task ends, or until it is dropped
+/// unserved (left in a stopping worker's queue, or with the runtime).
 struct OpenConnection(Arc<AtomicUsize>);
 
 impl OpenConnection {
@@ -67,23 +103,42 @@ impl Drop for OpenConnection {
 }
 
 impl Workers {
-    /// Starts `count` worker threads (named `proxy-{source}-{n}`) serving through `forwarder`.
+    /// Starts `count` worker threads (named `proxy-{source}-{n}`) accepting on `listener` and
+    /// serving through `forwarder` until `stop`.
     pub fn start(
         count: usize,
         name: &str,
+        listener: std::net::TcpListener,
         forwarder: Arc<Forwarder>,
         stop: CancellationToken,
     ) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
         let mut workers = Vec::with_capacity(count);
+        let mut queues = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (connections, incoming) = mpsc::unbounded_channel();
+            let open = Arc::new(AtomicUsize::new(0));
+            workers.push(Worker { connections, open });
+            queues.push(incoming);
+        }
+        let balancer = Arc::new(Balancer {
+            workers,
+            placing: Mutex::new(()),
+        });
         let mut finished = Vec::with_capacity(count);
-        for index in 0..count {
+        for (index, incoming) in queues.into_iter().enumerate() {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let (connections, incoming) = mpsc::unbounded_channel();
             let (done, finished_one) = oneshot::channel();
-            let open = Arc::new(AtomicUsize::new(0));
-            let serve = run_worker(incoming, forwarder.clone(), stop.clone());
+            let serve = run_worker(WorkerContext {
+                index,
+                listener: listener.try_clone()?,
+                incoming,
+                balancer: balancer.clone(),
+                forwarder: forwarder.clone(),
+                stop: stop.clone(),
+            });
             std::thread::Builder::new()
                 .name(format!("proxy-{name}-{index}"))
                 .spawn(move || {
@@ -92,55 +147,45 @@ impl Workers {
                     drop(runtime);
                     let _ = done.send(());
                 })?;
-            workers.push(Worker { connections, open });
             finished.push(finished_one);
         }
-        Ok(Self { workers, finished })
+        Ok(Self { balancer, finished })
     }
 
     pub fn load(&self) -> WorkerLoad {
-        WorkerLoad(self.workers.iter().map(|w| w.open.clone()).collect())
+        WorkerLoad(self.balancer.clone())
     }
 
-    /// Hands `stream` to the worker with the fewest open connections (the next fewest if that
-    /// one has stopped).
-    pub fn dispatch(&self, stream: TcpStream, client: SocketAddr) {
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::warn!(%error, %client, "cannot hand an accepted connection to a worker");
-                return;
-            }
-        };
-        let mut by_load: Vec<&Worker> = self.workers.iter().collect();
-        by_load.sort_by_key(|worker| worker.open.load(Ordering::Relaxed));
-        let mut stream = stream;
-        for worker in by_load {
-            let guard = OpenConnection::count(&worker.open);
-            match worker.connections.send((stream, client, guard)) {
-                Ok(()) => return,
-                // This worker has stopped; the guard returned with the hand-off uncounts it.
-                Err(mpsc::error::SendError((returned, _, _guard))) => stream = returned,
-            }
-        }
-        // Every worker has stopped (the proxy is stopping): the connection is closed.
-    }
-
-    /// Stops handing out connections and waits until every worker has finished its calls in
-    /// flight (at most the grace period).
+    /// Waits until every worker has stopped (on `stop`): stopped accepting, and finished its
+    /// calls in flight (at most the grace period).
     pub async fn finish(self) {
-        drop(self.workers);
         for finished in self.finished {
             let _ = finished.await;
         }
     }
 }
 
-async fn run_worker(
-    mut incoming: mpsc::UnboundedReceiver<Handoff>,
+/// What one worker runs with.
+struct WorkerContext {
+    index: usize,
+    /// This worker's handle on the shared listening socket.
+    listener: std::net::TcpListener,
+    /// Connections other workers accepted and handed to this one.
+    incoming: mpsc::UnboundedReceiver<Handoff>,
+    balancer: Arc<Balancer>,
     forwarder: Arc<Forwarder>,
     stop: CancellationToken,
-) {
+}
+
+async fn run_worker(context: WorkerContext) {
+    let WorkerContext {
+        index,
+        listener,
+        mut incoming,
+        balancer,
+        forwarder,
+        stop,
+    } = context;
     let shared = connection::WorkerShared::new(&forwarder, stop.clone());
     // Both idle sets are swept by one task, which ends with the worker's runtime.
     let (senders, streams) = (shared.idle_senders.clone(), shared.idle_streams.clone());
@@ -153,64 +198,164 @@ async fn run_worker(
             streams.close_expired();
         }
     });
-    loop {
-        let (stream, client, guard) = tokio::select! {
-            _ = stop.cancelled() => break,
-            handed = incoming.recv() => match handed {
-                Some(handed) => handed,
-                None => break,
-            },
-        };
-        let stream = match TcpStream::from_std(stream) {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::warn!(%error, %client, "a worker cannot take over an accepted connection");
-                continue;
-            }
-        };
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => Some(listener),
+        Err(error) => {
+            // This worker still serves connections the others hand it.
+            tracing::error!(%error, worker = index, "a proxy worker cannot watch the listening socket");
+            None
+        }
+    };
+    let serve_here = |stream: TcpStream, client: SocketAddr, open: OpenConnection| {
         let served = connection::serve(&shared, stream, client, forwarder.clone());
         tokio::spawn(async move {
             served.await;
-            drop(guard);
+            drop(open);
         });
+    };
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => break,
+            handed = incoming.recv() => {
+                // The balancer keeps every worker's sender, so the queue never closes here.
+                let Some((stream, client, open)) = handed else { break };
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => serve_here(stream, client, open),
+                    Err(error) => tracing::warn!(%error, %client, "a worker cannot take over a connection handed to it"),
+                }
+            }
+            accepted = accept(listener.as_ref()) => match accepted {
+                Ok((stream, client)) => {
+                    let (target, open) = balancer.place(index);
+                    if target == index {
+                        serve_here(stream, client, open);
+                    } else if let Some((stream, client, open)) = hand_over(&balancer, target, stream, client, open) {
+                        // The other worker has stopped (the proxy is stopping): serve it here.
+                        drop(open);
+                        let open = OpenConnection::count(&balancer.workers[index].open);
+                        match TcpStream::from_std(stream) {
+                            Ok(stream) => serve_here(stream, client, open),
+                            Err(error) => tracing::warn!(%error, %client, "a worker cannot take back a connection"),
+                        }
+                    }
+                }
+                Err(error) => {
+                    // Out of file descriptors, say: back off instead of spinning on it.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+        }
     }
-    // Connections handed over but not yet taken are closed; calls in flight may finish: the
-    // direct path closes its connections between calls once `stop` is cancelled, hyper on
-    // its graceful shutdown. Every connection holds a graceful-shutdown watcher from its
-    // start (for a hand-off to hyper), so the shutdown waits for both kinds.
+    // New connections are no longer accepted here (the socket closes with the last worker's
+    // handle); connections handed over but not yet taken are closed; calls in flight may
+    // finish: the direct path closes its connections between calls once `stop` is cancelled,
+    // hyper on its graceful shutdown. Every connection holds a graceful-shutdown watcher from
+    // its start (for a hand-off to hyper), so the shutdown waits for both kinds.
+    drop(listener);
     drop(incoming);
     let connection::WorkerShared { graceful, .. } = shared;
     let _ = tokio::time::timeout(GRACE, graceful.shutdown()).await;
+}
+
+/// The next connection on `listener`; never, for a worker without one.
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Hands `stream` to worker `target`; gives it back if that worker has stopped.
+fn hand_over(
+    balancer: &Balancer,
+    target: usize,
+    stream: TcpStream,
+    client: SocketAddr,
+    open: OpenConnection,
+) -> Option<Handoff> {
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::warn!(%error, %client, "cannot hand an accepted connection to another worker");
+            return None;
+        }
+    };
+    match balancer.workers[target]
+        .connections
+        .send((stream, client, open))
+    {
+        Ok(()) => None,
+        Err(mpsc::error::SendError(returned)) => Some(returned),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn worker() -> (Worker, mpsc::UnboundedReceiver<Handoff>) {
-        let (connections, incoming) = mpsc::unbounded_channel();
-        let open = Arc::new(AtomicUsize::new(0));
-        (Worker { connections, open }, incoming)
+    fn balancer(loads: &[usize]) -> (Balancer, Vec<mpsc::UnboundedReceiver<Handoff>>) {
+        let mut workers = Vec::new();
+        let mut queues = Vec::new();
+        for load in loads {
+            let (connections, incoming) = mpsc::unbounded_channel();
+            let open = Arc::new(AtomicUsize::new(*load));
+            workers.push(Worker { connections, open });
+            queues.push(incoming);
+        }
+        let balancer = Balancer {
+            workers,
+            placing: Mutex::new(()),
+        };
+        (balancer, queues)
+    }
+
+    fn loads(balancer: &Balancer) -> Vec<usize> {
+        balancer.open_connections()
+    }
+
+    #[test]
+    fn the_accepting_worker_keeps_a_connection_unless_another_holds_fewer() {
+        let (balancer, _queues) = balancer(&[2, 2, 3]);
+        // Tied with the least loaded: kept where it was accepted.
+        let (target, kept) = balancer.place(1);
+        assert_eq!(target, 1);
+        assert_eq!(loads(&balancer), [2, 3, 3]);
+        // Worker 2 holds more than worker 0: the connection goes to worker 0.
+        let (target, moved) = balancer.place(2);
+        assert_eq!(target, 0);
+        assert_eq!(loads(&balancer), [3, 3, 3]);
+        drop((kept, moved));
+        assert_eq!(loads(&balancer), [2, 2, 3]);
     }
 
     #[tokio::test]
-    async fn a_stopped_worker_is_skipped_and_an_unserved_connection_is_uncounted() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    async fn a_connection_for_a_stopped_worker_comes_back_and_a_handed_one_is_counted_there() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let (stopped, stopped_queue) = worker();
-        let (running, mut running_queue) = worker();
-        drop(stopped_queue);
-        let workers = Workers {
-            workers: vec![stopped, running],
-            finished: Vec::new(),
-        };
-        let _client = TcpStream::connect(address).await.unwrap();
-        let (accepted, client) = listener.accept().await.unwrap();
-        workers.dispatch(accepted, client);
-        // Both had no connections; the first has stopped, so the second took it.
-        assert_eq!(workers.load().open_connections(), [0, 1]);
-        let handed = running_queue.try_recv().expect("the running worker got it");
+        let (balancer, mut queues) = balancer(&[0, 3]);
+        let _first = TcpStream::connect(address).await.unwrap();
+        let _second = TcpStream::connect(address).await.unwrap();
+
+        // Worker 1 accepted, worker 0 is running and less loaded: handed over.
+        let (stream, client) = listener.accept().await.unwrap();
+        let (target, open) = balancer.place(1);
+        assert_eq!(target, 0);
+        assert!(hand_over(&balancer, target, stream, client, open).is_none());
+        assert_eq!(loads(&balancer), [1, 3]);
+        let handed = queues[0].try_recv().expect("worker 0 got it");
         drop(handed);
-        assert_eq!(workers.load().open_connections(), [0, 0]);
+        assert_eq!(loads(&balancer), [0, 3]);
+
+        // Worker 0 has stopped: the connection comes back, still counted until dropped.
+        queues.remove(0);
+        let (stream, client) = listener.accept().await.unwrap();
+        let (target, open) = balancer.place(1);
+        let returned = hand_over(&balancer, target, stream, client, open).expect("given back");
+        assert_eq!(loads(&balancer), [1, 3]);
+        drop(returned);
+        assert_eq!(loads(&balancer), [0, 3]);
     }
 }
