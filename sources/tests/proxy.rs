@@ -600,8 +600,18 @@ async fn large_bodies_pass_through_byte_for_byte_in_both_directions() {
 /// Sends raw bytes and returns what the proxy answered (until it closes the connection).
 #[tokio::test]
 async fn malformed_requests_get_a_4xx_and_an_event_and_the_proxy_carries_on() {
+    malformed_requests_on("").await;
+}
+
+#[tokio::test]
+async fn malformed_requests_get_a_4xx_and_an_event_on_hyper_s_path_too() {
+    malformed_requests_on("http1_forwarding = \"hyper\"").await;
+}
+
+/// Malformed requests against a proxy with `settings`.
+async fn malformed_requests_on(settings: &str) {
     let upstream = start_upstream().await;
-    let proxy = Proxy::start(&format!("http://{upstream}"), "", 64).await;
+    let proxy = Proxy::start(&format!("http://{upstream}"), settings, 64).await;
     let address = proxy.url.trim_start_matches("http://").to_string();
     let invalid_header = raw_exchange(
         &address,
@@ -627,6 +637,13 @@ async fn malformed_requests_get_a_4xx_and_an_event_and_the_proxy_carries_on() {
         "{:?}",
         &too_large[..too_large.len().min(80)]
     );
+    // A chunked body whose chunk size is not a number.
+    let bad_chunk = raw_exchange(
+        &address,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(bad_chunk.starts_with("HTTP/1.1 400"), "{bad_chunk:?}");
     // A client that promises a body and goes away half-way through it.
     let truncated = raw_exchange(
         &address,
@@ -654,13 +671,22 @@ async fn malformed_requests_get_a_4xx_and_an_event_and_the_proxy_carries_on() {
         .iter()
         .all(|c| c.outcome == Outcome::ClientError && c.labels.contains_key("proxy_error")));
     assert!(calls.iter().any(|c| c.status_code == Some(200)));
-    // The half-sent body: the call was started and its client went away.
+    // The bad chunk and the half-sent body: calls started, then the client's doing.
+    let started: Vec<&ApiCall> = calls
+        .iter()
+        .filter(|c| c.endpoint.as_deref() == Some("/v1/chat/completions"))
+        .filter(|c| c.status_code != Some(200))
+        .collect();
+    assert_eq!(started.len(), 2, "{calls:#?}");
     assert!(
-        calls
-            .iter()
-            .any(|c| c.endpoint.as_deref() == Some("/v1/chat/completions")
-                && c.status_code != Some(200)),
-        "{calls:#?}"
+        started.iter().any(|c| c.outcome == Outcome::ClientError
+            && c.status_code == Some(400)
+            && c.labels.contains_key("proxy_error")),
+        "{started:#?}"
+    );
+    assert!(
+        started.iter().any(|c| c.outcome == Outcome::ClientAbort),
+        "{started:#?}"
     );
 }
 

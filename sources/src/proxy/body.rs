@@ -4,7 +4,7 @@
 //! ends, when the upstream breaks off, or, if the client goes away first, as a client abort.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -21,9 +21,50 @@ use super::Emitter;
 pub struct RequestTap {
     bytes: AtomicU64,
     prefix: Mutex<Vec<u8>>,
+    /// A [`BodyFailure`] as a number; 0 while the body has not failed.
+    failure: AtomicU8,
+}
+
+/// Why the client's request body could not be read to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFailure {
+    /// The client went away (closed, reset or cancelled) before the body's end.
+    ClientGone = 1,
+    /// The body broke its framing (an invalid chunk, say).
+    Malformed = 2,
+}
+
+impl BodyFailure {
+    /// Tells the two apart by the I/O error under `error`: hyper reports a body that breaks
+    /// its framing as invalid input or data, and a body cut short as anything else (an
+    /// unexpected end, a reset, an HTTP/2 stream cancelled).
+    pub fn of(error: &(dyn std::error::Error + 'static)) -> Self {
+        let mut cause = Some(error);
+        while let Some(error) = cause {
+            if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+                ) {
+                    return Self::Malformed;
+                }
+            }
+            cause = error.source();
+        }
+        Self::ClientGone
+    }
 }
 
 impl RequestTap {
+    /// Why the body failed, if it did.
+    pub fn failure(&self) -> Option<BodyFailure> {
+        match self.failure.load(Ordering::Relaxed) {
+            1 => Some(BodyFailure::ClientGone),
+            2 => Some(BodyFailure::Malformed),
+            _ => None,
+        }
+    }
+
     /// Counts the body's next `data` and keeps what fits of it in the first `limit` bytes.
     pub fn record(&self, data: &[u8], limit: usize) {
         self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -51,7 +92,11 @@ impl<B> TeeBody<B> {
     }
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for TeeBody<B> {
+impl<B> Body for TeeBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::error::Error + 'static,
+{
     type Data = Bytes;
     type Error = B::Error;
 
@@ -61,10 +106,17 @@ impl<B: Body<Data = Bytes> + Unpin> Body for TeeBody<B> {
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                this.tap.record(data, this.limit);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.tap.record(data, this.limit);
+                }
             }
+            Poll::Ready(Some(Err(error))) => {
+                let failure = BodyFailure::of(error) as u8;
+                this.tap.failure.store(failure, Ordering::Relaxed);
+            }
+            _ => {}
         }
         polled
     }
@@ -204,5 +256,49 @@ impl<B: Body> Drop for ObservedBody<B> {
         if let Some(record) = self.record.take() {
             record.emit(outcome, Some(self.bytes), self.observer.take());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error wrapping another, as hyper wraps the I/O error under a body error.
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "error reading a body from connection")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_body_breaking_its_framing_is_malformed_and_one_cut_short_is_the_client_gone() {
+        use std::io::{Error, ErrorKind};
+        let invalid = Wrapped(Error::new(
+            ErrorKind::InvalidInput,
+            "invalid chunk size line",
+        ));
+        assert_eq!(BodyFailure::of(&invalid), BodyFailure::Malformed);
+        let cut_short = Wrapped(Error::new(
+            ErrorKind::UnexpectedEof,
+            "end of file before message length reached",
+        ));
+        assert_eq!(BodyFailure::of(&cut_short), BodyFailure::ClientGone);
+        let reset = Error::from(ErrorKind::ConnectionReset);
+        assert_eq!(BodyFailure::of(&reset), BodyFailure::ClientGone);
+
+        let tap = RequestTap::default();
+        assert_eq!(tap.failure(), None);
+        tap.failure
+            .store(BodyFailure::Malformed as u8, Ordering::Relaxed);
+        assert_eq!(tap.failure(), Some(BodyFailure::Malformed));
     }
 }
