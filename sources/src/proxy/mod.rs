@@ -11,6 +11,8 @@ mod connection;
 mod direct;
 pub mod extract;
 mod idle;
+mod lenient;
+mod model_json;
 pub mod observe;
 mod server;
 mod workers;

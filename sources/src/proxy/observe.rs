@@ -11,7 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use memchr::memmem::FinderRev;
 use serde::Deserialize;
-use serde_json::Value;
+
+use super::model_json::{StreamFrame, Usage};
 
 /// Longest SSE line kept; longer lines are skipped (they cannot be parsed within bounds).
 const MAX_LINE: usize = 1 << 20;
@@ -115,18 +116,14 @@ impl ResponseObserver {
         let Some(data) = text.trim().strip_prefix("data:") else {
             return;
         };
-        let Ok(value) = serde_json::from_str::<Value>(data.trim()) else {
+        let Some(frame) = StreamFrame::parse(data.trim()) else {
             return;
         };
-        if carries_content(&value) {
+        if frame.carries_content() {
             self.content_chunks += 1;
             self.observed.first_token.get_or_insert(elapsed);
         }
-        if let Some(usage) = value
-            .get("usage")
-            .or_else(|| value.pointer("/message/usage"))
-            .and_then(|usage| Usage::deserialize(usage).ok())
-        {
+        if let Some(usage) = frame.usage() {
             usage.read_into(&mut self.observed);
         }
     }
@@ -153,21 +150,6 @@ impl ResponseObserver {
         }
         self.observed
     }
-}
-
-/// A chunk that carries generated text: OpenAI chat (`choices[].delta.content`), OpenAI
-/// completions (`choices[].text`), Anthropic (`content_block_delta` with `delta.text`).
-fn carries_content(value: &Value) -> bool {
-    let non_empty = |v: Option<&Value>| v.and_then(Value::as_str).is_some_and(|s| !s.is_empty());
-    if let Some(choices) = value.get("choices").and_then(Value::as_array) {
-        return choices.iter().any(|c| {
-            non_empty(c.pointer("/delta/content"))
-                || non_empty(c.get("text"))
-                || c.pointer("/delta/tool_calls").is_some()
-        });
-    }
-    value.get("type").and_then(Value::as_str) == Some("content_block_delta")
-        && non_empty(value.pointer("/delta/text"))
 }
 
 /// The end of a JSON body: its only chunk as received (no copy), or its last bytes.
@@ -202,104 +184,6 @@ impl Tail {
             Tail::Chunk(chunk) => chunk,
             Tail::Buffer(buffer) => buffer,
         }
-    }
-}
-
-/// A `usage` object: both spellings of its counts; other fields are skipped unread. A count
-/// that is not a whole number is ignored, as if absent.
-#[derive(Deserialize)]
-struct Usage {
-    #[serde(default)]
-    prompt_tokens: Count,
-    #[serde(default)]
-    input_tokens: Count,
-    #[serde(default)]
-    completion_tokens: Count,
-    #[serde(default)]
-    output_tokens: Count,
-}
-
-impl Usage {
-    fn read_into(&self, observed: &mut Observed) {
-        let number = |spellings: [Count; 2]| {
-            spellings
-                .iter()
-                .find_map(|count| count.0)
-                .map(|v| v.min(u64::from(u32::MAX)) as u32)
-        };
-        if let Some(input) = number([self.prompt_tokens, self.input_tokens]) {
-            observed.input_tokens = Some(input);
-        }
-        if let Some(output) = number([self.completion_tokens, self.output_tokens]) {
-            observed.output_tokens = Some(output);
-            observed.output_tokens_estimated = false;
-        }
-    }
-}
-
-/// A token count: a whole number that is not negative, or `None` for any other JSON value
-/// (which is read past without building it), so one odd field never spoils the others.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Count(Option<u64>);
-
-impl<'de> Deserialize<'de> for Count {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(CountVisitor)
-    }
-}
-
-struct CountVisitor;
-
-impl<'de> serde::de::Visitor<'de> for CountVisitor {
-    type Value = Count;
-
-    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
-        formatter.write_str("a token count")
-    }
-
-    fn visit_u64<E>(self, value: u64) -> Result<Count, E> {
-        Ok(Count(Some(value)))
-    }
-
-    fn visit_i64<E>(self, value: i64) -> Result<Count, E> {
-        Ok(Count(u64::try_from(value).ok()))
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<Count, E> {
-        Ok(Count(None))
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<Count, E> {
-        Ok(Count(None))
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<Count, E> {
-        Ok(Count(None))
-    }
-
-    fn visit_unit<E>(self) -> Result<Count, E> {
-        Ok(Count(None))
-    }
-
-    fn visit_none<E>(self) -> Result<Count, E> {
-        Ok(Count(None))
-    }
-
-    fn visit_some<D: serde::Deserializer<'de>>(self, inner: D) -> Result<Count, D::Error> {
-        inner.deserialize_any(CountVisitor)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Count, A::Error> {
-        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-        Ok(Count(None))
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Count, A::Error> {
-        while map
-            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-            .is_some()
-        {}
-        Ok(Count(None))
     }
 }
 
