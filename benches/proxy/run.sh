@@ -252,21 +252,29 @@ cpu_ticks() {
   done
   echo "$total"
 }
+# TCP segments sent on this machine (every connection: client, proxy and upstream), from the
+# kernel's counters: how many packets a call costs the loopback, whoever sends them.
+tcp_segments_sent() {
+  awk '/^Tcp:/ { if (!header) { for (i = 1; i <= NF; i++) if ($i == "OutSegs") column = i; header = 1 } else print $column }' /proc/net/snmp
+}
 cpu_per_call() {
   local name="$1" url="$2"; shift 2
   wrk -t1 -c64 -d2s -s "$work/post.lua" "$url" > /dev/null
-  local before calls after
+  local before calls after segments_before segments_after
   before=$(cpu_ticks "$@")
+  segments_before=$(tcp_segments_sent)
   calls=$(wrk -t1 -c64 -d5s -s "$work/post.lua" "$url" | awk '/requests in/ {print $1}')
+  segments_after=$(tcp_segments_sent)
   after=$(cpu_ticks "$@")
   awk -v name="$name" -v calls="$calls" -v ticks=$((after - before)) -v hz="$ticks_per_second" \
-    'BEGIN { printf "| %-34s | %10.0f | %14.1f |\n", name, calls / 5, ticks / hz * 1e6 / calls }'
+    -v segments=$((segments_after - segments_before)) \
+    'BEGIN { printf "| %-34s | %10.0f | %14.1f | %14.2f |\n", name, calls / 5, ticks / hz * 1e6 / calls, segments / calls }'
   truncate_call_log
 }
 if [ "${CPU_ROUNDS:-3}" -gt 0 ]; then
   echo
-  echo "CPU per call (utime + stime over a 5 s wrk run, 64 connections, after 2 s warm-up)"
-  printf '| %-34s | %10s | %14s |\n' "path" "calls/s" "CPU µs / call"
+  echo "CPU per call (utime + stime over a 5 s wrk run, 64 connections, after 2 s warm-up), and TCP segments sent per call on the machine"
+  printf '| %-34s | %10s | %14s | %14s |\n' "path" "calls/s" "CPU µs / call" "segments / call"
   for _ in $(seq "${CPU_ROUNDS:-3}"); do
     cpu_per_call "pipeline proxy (events -> window)" "http://127.0.0.1:19090/v1/chat/completions" "$proxy_pid"
     # shellcheck disable=SC2086
