@@ -256,7 +256,7 @@ pub fn write_client_response(
 }
 
 /// A header value as text, as `HeaderValue::to_str` reads it: visible ASCII (and tabs) only.
-pub fn header_text(value: &[u8]) -> Option<&str> {
+fn header_text(value: &[u8]) -> Option<&str> {
     if is_visible_ascii(value) {
         std::str::from_utf8(value).ok()
     } else {
