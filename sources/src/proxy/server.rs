@@ -155,13 +155,14 @@ impl Forwarder {
         response
     }
 
-    /// Records a request hyper refused before it reached `handle` (malformed request line or
-    /// headers, an invalid Content-Length, headers over the size limit): hyper answers it with
-    /// `status` and closes the connection; the event says what happened.
     /// The answer and event for a call whose request body the client broke off or malformed.
-    fn client_body_failed(mut record: Box<CallRecord>, error: &str) -> Response<ProxyBody> {
-        let (outcome, status, kind, message) = match record.request.failure() {
-            Some(BodyFailure::Malformed) => {
+    fn client_body_failed(
+        mut record: Box<CallRecord>,
+        failure: BodyFailure,
+        error: &str,
+    ) -> Response<ProxyBody> {
+        let (outcome, kind, message) = match failure {
+            BodyFailure::Malformed => {
                 record.event.status_code = Some(400);
                 record
                     .event
@@ -169,23 +170,24 @@ impl Forwarder {
                     .insert("proxy_error".to_string(), error.to_string());
                 (
                     Outcome::ClientError,
-                    StatusCode::BAD_REQUEST,
                     "bad_request",
                     "the request body's framing is invalid",
                 )
             }
             // The client is gone; the answer is for the record.
-            _ => (
+            BodyFailure::ClientGone => (
                 Outcome::ClientAbort,
-                StatusCode::BAD_REQUEST,
                 "client_abort",
                 "the client stopped sending the request body before its end",
             ),
         };
         record.emit(Some(outcome), Some(0), None);
-        Self::json_error(status, kind, message)
+        Self::json_error(StatusCode::BAD_REQUEST, kind, message)
     }
 
+    /// Records a request hyper refused before it reached `handle` (malformed request line or
+    /// headers, an invalid Content-Length, headers over the size limit): hyper answers it with
+    /// `status` and closes the connection; the event says what happened.
     pub fn malformed_request(&self, client: SocketAddr, status: u16, detail: &str, since: Instant) {
         let mut labels = std::collections::BTreeMap::new();
         labels.insert("proxy_error".to_string(), detail.to_string());
@@ -402,11 +404,11 @@ impl Forwarder {
         let response = tokio::time::timeout(self.config.response_timeout.0, send).await;
         let mut response = match response {
             Ok(Ok(response)) => response,
-            // The client's body failed, not the upstream: the call is the client's doing.
-            Ok(Err(error)) if record.request.failure().is_some() => {
-                return Ok(Self::client_body_failed(record, &error));
-            }
             Ok(Err(error)) => {
+                // The client's body failed, not the upstream: the call is the client's doing.
+                if let Some(failure) = record.request.failure() {
+                    return Ok(Self::client_body_failed(record, failure, &error));
+                }
                 let mut record = record;
                 record.event.status_code = Some(502);
                 let message = format!(

@@ -231,14 +231,8 @@ async fn run_worker(context: WorkerContext) {
                     let (target, open) = balancer.place(index);
                     if target == index {
                         serve_here(stream, client, open);
-                    } else if let Some((stream, client, open)) = hand_over(&balancer, target, stream, client, open) {
-                        // The other worker has stopped (the proxy is stopping): serve it here.
-                        drop(open);
-                        let open = OpenConnection::count(&balancer.workers[index].open);
-                        match TcpStream::from_std(stream) {
-                            Ok(stream) => serve_here(stream, client, open),
-                            Err(error) => tracing::warn!(%error, %client, "a worker cannot take back a connection"),
-                        }
+                    } else {
+                        hand_over(&balancer, target, stream, client, open);
                     }
                 }
                 Err(error) => {
@@ -268,27 +262,24 @@ async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, S
     }
 }
 
-/// Hands `stream` to worker `target`; gives it back if that worker has stopped.
+/// Hands `stream` to worker `target`. Were that worker stopped, the proxy is stopping (every
+/// worker stops on the same signal): the connection is closed, and uncounted with `open`.
 fn hand_over(
     balancer: &Balancer,
     target: usize,
     stream: TcpStream,
     client: SocketAddr,
     open: OpenConnection,
-) -> Option<Handoff> {
-    let stream = match stream.into_std() {
-        Ok(stream) => stream,
+) {
+    match stream.into_std() {
+        Ok(stream) => {
+            let _ = balancer.workers[target]
+                .connections
+                .send((stream, client, open));
+        }
         Err(error) => {
             tracing::warn!(%error, %client, "cannot hand an accepted connection to another worker");
-            return None;
         }
-    };
-    match balancer.workers[target]
-        .connections
-        .send((stream, client, open))
-    {
-        Ok(()) => None,
-        Err(mpsc::error::SendError(returned)) => Some(returned),
     }
 }
 
@@ -332,30 +323,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_for_a_stopped_worker_comes_back_and_a_handed_one_is_counted_there() {
+    async fn a_handed_connection_is_counted_where_it_goes_and_one_for_a_stopped_worker_closed() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (balancer, mut queues) = balancer(&[0, 3]);
         let _first = TcpStream::connect(address).await.unwrap();
-        let _second = TcpStream::connect(address).await.unwrap();
+        let mut second = TcpStream::connect(address).await.unwrap();
 
         // Worker 1 accepted, worker 0 is running and less loaded: handed over.
         let (stream, client) = listener.accept().await.unwrap();
         let (target, open) = balancer.place(1);
         assert_eq!(target, 0);
-        assert!(hand_over(&balancer, target, stream, client, open).is_none());
+        hand_over(&balancer, target, stream, client, open);
         assert_eq!(loads(&balancer), [1, 3]);
         let handed = queues[0].try_recv().expect("worker 0 got it");
         drop(handed);
         assert_eq!(loads(&balancer), [0, 3]);
 
-        // Worker 0 has stopped: the connection comes back, still counted until dropped.
+        // Worker 0 has stopped: the connection is closed and no longer counted.
         queues.remove(0);
         let (stream, client) = listener.accept().await.unwrap();
         let (target, open) = balancer.place(1);
-        let returned = hand_over(&balancer, target, stream, client, open).expect("given back");
-        assert_eq!(loads(&balancer), [1, 3]);
-        drop(returned);
+        hand_over(&balancer, target, stream, client, open);
         assert_eq!(loads(&balancer), [0, 3]);
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(&mut second, &mut byte),
+        )
+        .await
+        .expect("the client sees the close");
+        assert_eq!(read.unwrap(), 0);
     }
 }
