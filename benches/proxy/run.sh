@@ -18,7 +18,8 @@
 #   proxy source, e.g. 'upstream_keepalive = 0')
 #
 # Then, at a fixed rate (benches' `fixed-rate` tool, open loop), the latency each path adds
-# over the direct call.
+# over the direct call (direct, nginx, nginx + access log, the proxy source; the paths take
+# turns in 1 s slices, so a slow spell of the machine weighs on each alike).
 #
 # Needs: wrk and nginx (Debian: apt-get install wrk nginx-light; strace and valgrind for
 # SYSCALLS=1 and CALLGRIND=1), and a release build
@@ -234,9 +235,10 @@ if [ -x "$fixed_rate" ]; then
   "$fixed_rate" --rate "${RATE:-5000}" --duration "$duration" --rounds "$rounds" \
     http://127.0.0.1:18002/v1/chat/completions \
     http://127.0.0.1:18080/v1/chat/completions \
+    http://127.0.0.1:18081/v1/chat/completions \
     http://127.0.0.1:19090/v1/chat/completions
 else
-  echo "(build the fixed-rate tool for the added-latency table: cargo build --release -p benches --bin fixed-rate)"
+  echo "(build the fixed-rate tool for the added-latency table: cargo build --release -p pipeline -p benches; building benches alone resolves other features and rebuilds the dependency set)"
 fi
 health=$(curl -s http://127.0.0.1:19091/health)
 echo "pipeline proxy /health after the run: $health"

@@ -3,12 +3,18 @@
 //! it was scheduled, so a stall counts against every request it delays (no coordinated
 //! omission). Sends are paced one per interval by a microsecond-precise tick (tokio's timer
 //! ticks in milliseconds and would send bursts). Prints p50 / p90 / p99 / p99.9 / max for
-//! each target URL, measured one after the other in the same run, in `--rounds` rounds (the
-//! summary is the median of the rounds: a shared machine has slow spells); the first URL is
-//! the baseline the others' added latency is computed against, round by round.
+//! each target URL in `--rounds` rounds (the summary is the median of the rounds); the first URL
+//! is the baseline the others' added latency is computed against, round by round.
+//!
+//! Within a round the targets take turns in short slices (`--slice`, 1 s: the first target for
+//! a slice, then the second, ..., then the first again) until each has had `--duration`, and a
+//! target's figures pool its slices. A shared machine has slow spells of a few seconds; measured
+//! one whole target after another, a spell lands on one target and decides its p99, while in
+//! slices it weighs on every target alike.
 //!
 //! cargo run --release -p benches --bin fixed-rate -- --rate 5000 --duration 10s URL...
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +22,7 @@ use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::Mutex;
@@ -27,13 +34,17 @@ struct Options {
     /// Requests per second.
     #[arg(long, default_value_t = 5_000.0)]
     rate: f64,
-    /// How long to send to each target.
+    /// How long to send to each target in a round (in slices taken in turn).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Warm-up before measuring each target (connections, caches).
+    /// How long each turn of a target lasts; `--duration` to measure one whole target after
+    /// another.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    slice: Duration,
+    /// Warm-up of each target at the start of a round (connections, caches), not measured.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
-    /// Rounds of measuring every target in turn; the summary gives the median of the rounds.
+    /// Rounds of measuring every target; the summary gives the median of the rounds.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Target URLs; the first is the baseline.
@@ -43,6 +54,31 @@ struct Options {
 
 const BODY: &str = r#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}"#;
 
+/// One target and the client (with its pooled connections) it is measured through for a round.
+struct Target {
+    uri: hyper::Uri,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Target {
+    fn new(url: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            uri: url.parse()?,
+            client: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(1024)
+                .build_http(),
+        })
+    }
+}
+
+/// What a target's slices of a round measured.
+#[derive(Default)]
+struct Measured {
+    latencies_ms: Vec<f64>,
+    sent: usize,
+    failed: usize,
+}
+
 struct Summary {
     sent: usize,
     failed: usize,
@@ -50,14 +86,38 @@ struct Summary {
     max_ms: f64,
 }
 
-async fn measure(url: &str, rate: f64, duration: Duration) -> anyhow::Result<Summary> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(1024)
-        .build_http();
-    let uri: hyper::Uri = url.parse()?;
+impl Measured {
+    fn summary(mut self) -> Summary {
+        self.latencies_ms.sort_by(f64::total_cmp);
+        let latencies = &self.latencies_ms;
+        let at = |q: f64| {
+            latencies
+                .get(((latencies.len() as f64 - 1.0) * q).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        Summary {
+            sent: self.sent,
+            failed: self.failed,
+            quantiles: [0.5, 0.9, 0.99, 0.999]
+                .iter()
+                .map(|&q| (q, at(q)))
+                .collect(),
+            max_ms: latencies.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+}
+
+/// Sends to `target` at `rate` for `duration` and adds what it measured to `into`.
+async fn send_at_rate(
+    target: &Target,
+    rate: f64,
+    duration: Duration,
+    into: &mut Measured,
+) -> anyhow::Result<()> {
     let total = (rate * duration.as_secs_f64()) as usize;
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(total)));
-    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let failures = Arc::new(AtomicUsize::new(0));
     let interval = Duration::from_secs_f64(1.0 / rate);
     // Sends are paced by a microsecond-precise tick, one request per interval.
     let ticker = Ticker::new(interval)?;
@@ -69,8 +129,8 @@ async fn measure(url: &str, rate: f64, duration: Duration) -> anyhow::Result<Sum
                 break;
             }
             let scheduled = ticker.deadline(tasks.len() as u64);
-            let client = client.clone();
-            let uri = uri.clone();
+            let client = target.client.clone();
+            let uri = target.uri.clone();
             let latencies = latencies.clone();
             let failures = failures.clone();
             tasks.push(tokio::spawn(async move {
@@ -90,7 +150,7 @@ async fn measure(url: &str, rate: f64, duration: Duration) -> anyhow::Result<Sum
                     let latency = monotonic_now().saturating_sub(scheduled).as_secs_f64() * 1000.0;
                     latencies.lock().await.push(latency);
                 } else {
-                    failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    failures.fetch_add(1, Ordering::Relaxed);
                 }
             }));
         }
@@ -98,23 +158,44 @@ async fn measure(url: &str, rate: f64, duration: Duration) -> anyhow::Result<Sum
     for task in tasks {
         task.await?;
     }
-    let mut latencies = std::mem::take(&mut *latencies.lock().await);
-    latencies.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    Ok(Summary {
-        sent: total,
-        failed: failures.load(std::sync::atomic::Ordering::Relaxed),
-        quantiles: [0.5, 0.9, 0.99, 0.999]
-            .iter()
-            .map(|&q| (q, at(q)))
-            .collect(),
-        max_ms: latencies.last().copied().unwrap_or(f64::NAN),
-    })
+    into.sent += total;
+    into.failed += failures.load(Ordering::Relaxed);
+    into.latencies_ms
+        .append(&mut std::mem::take(&mut *latencies.lock().await));
+    Ok(())
+}
+
+/// One round: every target warmed up, then measured in turns of `slice` until each has had
+/// `duration`.
+async fn measure_round(options: &Options) -> anyhow::Result<Vec<Summary>> {
+    let targets = options
+        .urls
+        .iter()
+        .map(|url| Target::new(url))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for target in &targets {
+        send_at_rate(
+            target,
+            options.rate,
+            options.warmup,
+            &mut Measured::default(),
+        )
+        .await?;
+    }
+    let mut measured: Vec<Measured> = targets.iter().map(|_| Measured::default()).collect();
+    let slice = options
+        .slice
+        .min(options.duration)
+        .max(Duration::from_millis(1));
+    let mut elapsed = Duration::ZERO;
+    while elapsed < options.duration {
+        let turn = slice.min(options.duration - elapsed);
+        for (target, into) in targets.iter().zip(&mut measured) {
+            send_at_rate(target, options.rate, turn, into).await?;
+        }
+        elapsed += turn;
+    }
+    Ok(measured.into_iter().map(Measured::summary).collect())
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -130,8 +211,8 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         println!(
-            "open loop, {} requests/s for {:?} per target (after {:?} warm-up), latency from the scheduled send time, {} round(s) of every target in turn",
-            options.rate, options.duration, options.warmup, options.rounds
+            "open loop, {} requests/s for {:?} per target in turns of {:?} (after {:?} warm-up), latency from the scheduled send time, {} round(s)",
+            options.rate, options.duration, options.slice, options.warmup, options.rounds
         );
         println!(
             "| {:>5} | {:<50} | {:>11} | {:>9} | {:>9} | {:>9} | {:>9} | {:>9} | {:>14} | {:>14} |",
@@ -140,10 +221,9 @@ fn main() -> anyhow::Result<()> {
         // Per target: (p50, p99, added p50, added p99) of each round.
         let mut rounds: Vec<Vec<[f64; 4]>> = vec![Vec::new(); options.urls.len()];
         for round in 1..=options.rounds {
+            let summaries = measure_round(&options).await?;
             let mut baseline = (f64::NAN, f64::NAN);
-            for (index, url) in options.urls.iter().enumerate() {
-                measure(url, options.rate, options.warmup).await?;
-                let summary = measure(url, options.rate, options.duration).await?;
+            for (index, (url, summary)) in options.urls.iter().zip(summaries).enumerate() {
                 let p = |q: f64| {
                     summary
                         .quantiles
