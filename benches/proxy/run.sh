@@ -14,8 +14,10 @@
 #   call under valgrind's callgrind, which is repeatable whatever else the machine is doing;
 #   SYSCALLS=1: also count each proxy's system calls per call under strace; CLOSE_ROUNDS=ROUNDS:
 #   rounds of the part where every call comes on a new client connection, 0 to skip;
-#   CLOSE_CONNECTIONS=16: its connections; PROXY_SETTINGS='key = value': more settings for the
-#   proxy source, e.g. 'upstream_keepalive = 0')
+#   CLOSE_CONNECTIONS=16: its connections; PAIRS=0: pairs of runs of nginx and the proxy alone,
+#   in ABBA order, for the ratio's median and its confidence interval; PAIR_DURATION=5s: each
+#   run of a pair; PROXY_SETTINGS='key = value': more settings for the proxy source, e.g.
+#   'upstream_keepalive = 0')
 #
 # Then, at a fixed rate (benches' `fixed-rate` tool, open loop), the latency each path adds
 # over the direct call (direct, nginx, nginx + access log, the proxy source; the paths take
@@ -206,6 +208,54 @@ for _ in $(seq "$rounds"); do
     run "hyper floor (no capture)" "http://127.0.0.1:19190/v1/chat/completions"
   fi
 done
+
+# Paired comparison of maximum throughput, the proxy against nginx `proxy_pass` alone: PAIRS
+# pairs of wrk runs (PAIR_DURATION each), the order reversed every other pair (ABBA), so a
+# drift of the machine's speed weighs on both alike. Each pair gives a ratio, proxy over
+# nginx; the summary gives their median with a distribution-free 95 % confidence interval for
+# it (order statistics of the binomial sign test; no assumption about the spread's shape) and
+# how many pairs the proxy won. Rounds of five paths in turn leave a minute between a path's
+# runs and nginx's; a pair leaves none.
+pair_rate() {
+  wrk -t1 -c"$connections" -d"$2" -s "$work/post.lua" "$1" | awk '/Requests\/sec/ {print $2}'
+}
+if [ "${PAIRS:-0}" -gt 0 ]; then
+  pair_duration="${PAIR_DURATION:-5s}"
+  nginx_url=http://127.0.0.1:18080/v1/chat/completions
+  proxy_url=http://127.0.0.1:19090/v1/chat/completions
+  echo
+  echo "pairs: wrk -t1 -c$connections -d$pair_duration, nginx proxy_pass and the pipeline proxy, $PAIRS pairs in ABBA order"
+  printf '| %4s | %-14s | %14s | %14s | %8s |\n' "pair" "order" "nginx req/s" "proxy req/s" "ratio"
+  ratios=()
+  for pair in $(seq "$PAIRS"); do
+    if [ $((pair % 2)) = 1 ]; then
+      order="nginx, proxy"
+      nginx_rps=$(pair_rate "$nginx_url" "$pair_duration")
+      proxy_rps=$(pair_rate "$proxy_url" "$pair_duration")
+    else
+      order="proxy, nginx"
+      proxy_rps=$(pair_rate "$proxy_url" "$pair_duration")
+      nginx_rps=$(pair_rate "$nginx_url" "$pair_duration")
+    fi
+    ratio=$(awk -v p="$proxy_rps" -v n="$nginx_rps" 'BEGIN { printf "%.3f", p / n }')
+    ratios+=("$ratio")
+    printf '| %4s | %-14s | %14s | %14s | %8s |\n' "$pair" "$order" "$nginx_rps" "$proxy_rps" "$ratio"
+  done
+  printf '%s\n' "${ratios[@]}" | sort -g | awk '
+    { ratio[NR] = $1; if ($1 >= 1) won++ }
+    END {
+      n = NR
+      median = n % 2 ? ratio[(n + 1) / 2] : (ratio[n / 2] + ratio[n / 2 + 1]) / 2
+      # The largest k with P(Binomial(n, 1/2) <= k - 1) <= 0.025: [ratio[k], ratio[n - k + 1]]
+      # covers the median with at least 95 % confidence.
+      pmf = 0.5 ^ n; cdf = pmf; k = 0
+      for (i = 0; i < n && cdf <= 0.025; i++) { k = i + 1; pmf = pmf * (n - i) / (i + 1); cdf += pmf }
+      if (k >= 1) interval = sprintf("95 %% interval %.3f–%.3f", ratio[k], ratio[n - k + 1])
+      else interval = "too few pairs for a 95 % interval (at least 6)"
+      printf "proxy / nginx over %d pairs: median %.3f, %s, range %.3f–%.3f; the proxy at least level in %d of %d\n",
+        n, median, interval, ratio[1], ratio[n], won, n
+    }'
+fi
 
 # Clients that open a new connection for every call (`Connection: close`, as many scripts and
 # some gateways do): each path then accepts a connection per call, and a proxy must not also
