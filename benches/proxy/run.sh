@@ -214,10 +214,13 @@ done
 # drift of the machine's speed weighs on both alike. Each pair gives a ratio, proxy over
 # nginx; the summary gives their median with a distribution-free 95 % confidence interval for
 # it (order statistics of the binomial sign test; no assumption about the spread's shape) and
-# how many pairs the proxy won. Rounds of five paths in turn leave a minute between a path's
+# in how many pairs the proxy was at least level. Rounds of five paths in turn leave a minute between a path's
 # runs and nginx's; a pair leaves none.
 pair_rate() {
   wrk -t1 -c"$connections" -d"$2" -s "$work/post.lua" "$1" | awk '/Requests\/sec/ {print $2}'
+}
+positive() {
+  awk -v rate="$1" 'BEGIN { exit !(rate + 0 > 0) }'
 }
 if [ "${PAIRS:-0}" -gt 0 ]; then
   pair_duration="${PAIR_DURATION:-5s}"
@@ -236,6 +239,10 @@ if [ "${PAIRS:-0}" -gt 0 ]; then
       order="proxy, nginx"
       proxy_rps=$(pair_rate "$proxy_url" "$pair_duration")
       nginx_rps=$(pair_rate "$nginx_url" "$pair_duration")
+    fi
+    if ! positive "$nginx_rps" || ! positive "$proxy_rps"; then
+      echo "pair $pair: wrk reported no calls (nginx: '$nginx_rps', proxy: '$proxy_rps' req/s); is every server still up?" >&2
+      exit 1
     fi
     ratio=$(awk -v p="$proxy_rps" -v n="$nginx_rps" 'BEGIN { printf "%.3f", p / n }')
     ratios+=("$ratio")
