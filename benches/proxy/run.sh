@@ -214,8 +214,8 @@ done
 # drift of the machine's speed weighs on both alike. Each pair gives a ratio, proxy over
 # nginx; the summary gives their median with a distribution-free 95 % confidence interval for
 # it (order statistics of the binomial sign test; no assumption about the spread's shape) and
-# in how many pairs the proxy was at least level. Rounds of five paths in turn leave a minute between a path's
-# runs and nginx's; a pair leaves none.
+# in how many pairs the proxy was at least level. A round of every path in turn leaves up to
+# a minute between the proxy's run and nginx's; a pair leaves none.
 pair_rate() {
   wrk -t1 -c"$connections" -d"$2" -s "$work/post.lua" "$1" | awk '/Requests\/sec/ {print $2}'
 }
@@ -249,7 +249,7 @@ if [ "${PAIRS:-0}" -gt 0 ]; then
     printf '| %4s | %-14s | %14s | %14s | %8s |\n' "$pair" "$order" "$nginx_rps" "$proxy_rps" "$ratio"
   done
   printf '%s\n' "${ratios[@]}" | sort -g | awk '
-    { ratio[NR] = $1; if ($1 >= 1) won++ }
+    { ratio[NR] = $1; if ($1 >= 1) level++ }
     END {
       n = NR
       median = n % 2 ? ratio[(n + 1) / 2] : (ratio[n / 2] + ratio[n / 2 + 1]) / 2
@@ -260,7 +260,7 @@ if [ "${PAIRS:-0}" -gt 0 ]; then
       if (k >= 1) interval = sprintf("95 %% interval %.3f–%.3f", ratio[k], ratio[n - k + 1])
       else interval = "too few pairs for a 95 % interval (at least 6)"
       printf "proxy / nginx over %d pairs: median %.3f, %s, range %.3f–%.3f; the proxy at least level in %d of %d\n",
-        n, median, interval, ratio[1], ratio[n], won, n
+        n, median, interval, ratio[1], ratio[n], level, n
     }'
 fi
 
