@@ -8,15 +8,17 @@
 #
 #   benches/proxy/run.sh [duration=15s] [connections=64]
 #   (RATE=5000: the fixed-rate part's rate; ROUNDS=3: rounds of every path in turn, since a
-#   shared machine has slow spells and one pass can land in one; PIPELINE=path: another
-#   pipeline binary, e.g. an earlier build kept aside for an A/B; CPU_ROUNDS=3: rounds of the
-#   CPU-per-call measurement, 0 to skip; CALLGRIND=1: also count the proxy's instructions per
-#   call under valgrind's callgrind, which is repeatable whatever else the machine is doing;
-#   SYSCALLS=1: also count each proxy's system calls per call under strace; CLOSE_ROUNDS=ROUNDS:
-#   rounds of the part where every call comes on a new client connection, 0 to skip;
-#   CLOSE_CONNECTIONS=16: its connections; PAIRS=0: pairs of runs of nginx and the proxy alone,
-#   in ABBA order, for the ratio's median and its confidence interval; PAIR_DURATION=5s: each
-#   run of a pair; PROXY_SETTINGS='key = value': more settings for the proxy source, e.g.
+#   shared machine has slow spells and one pass can land in one; LATENCY_ROUNDS=ROUNDS: rounds
+#   of the fixed-rate part, whose summary gives a 95 % interval for the added latency's median
+#   from 6 rounds on; PIPELINE=path: another pipeline binary, e.g. an earlier build kept aside
+#   for an A/B; CPU_ROUNDS=3: rounds of the CPU-per-call measurement, 0 to skip; CALLGRIND=1:
+#   also count the proxy's instructions per call under valgrind's callgrind, which is
+#   repeatable whatever else the machine is doing; SYSCALLS=1: also count each proxy's system
+#   calls per call under strace; CLOSE_ROUNDS=ROUNDS: rounds of the part where every call
+#   comes on a new client connection, 0 to skip; CLOSE_CONNECTIONS=16: its connections;
+#   PAIRS=0: pairs of runs of nginx and the proxy alone, in ABBA order, for the ratio's median
+#   and its confidence interval; PAIR_DURATION=5s: each run of a pair;
+#   PROXY_SETTINGS='key = value': more settings for the proxy source, e.g.
 #   'upstream_keepalive = 0')
 #
 # Then, at a fixed rate (benches' `fixed-rate` tool, open loop), the latency each path adds
@@ -295,7 +297,7 @@ fi
 fixed_rate="$target/release/fixed-rate"
 if [ -x "$fixed_rate" ]; then
   echo
-  "$fixed_rate" --rate "${RATE:-5000}" --duration "$duration" --rounds "$rounds" \
+  "$fixed_rate" --rate "${RATE:-5000}" --duration "$duration" --rounds "${LATENCY_ROUNDS:-$rounds}" \
     http://127.0.0.1:18002/v1/chat/completions \
     http://127.0.0.1:18080/v1/chat/completions \
     http://127.0.0.1:18081/v1/chat/completions \

@@ -3,8 +3,9 @@
 //! it was scheduled, so a stall counts against every request it delays (no coordinated
 //! omission). Sends are paced one per interval by a microsecond-precise tick (tokio's timer
 //! ticks in milliseconds and would send bursts). Prints p50 / p90 / p99 / p99.9 / max for
-//! each target URL in `--rounds` rounds (the summary is the median of the rounds); the first URL
-//! is the baseline the others' added latency is computed against, round by round.
+//! each target URL in `--rounds` rounds (the summary is the median of the rounds, with a 95 %
+//! confidence interval for the added latency's median); the first URL is the baseline the
+//! others' added latency is computed against, round by round.
 //!
 //! Within a round the targets take turns in short slices (`--slice`, 1 s: the first target for
 //! a slice, then the second, ..., then the first again) until each has had `--duration`, and a
@@ -27,6 +28,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::Mutex;
 
+use benches::median_interval::median_with_interval;
 use benches::ticker::{monotonic_now, Ticker};
 
 #[derive(Parser)]
@@ -198,9 +200,19 @@ async fn measure_round(options: &Options) -> anyhow::Result<Vec<Summary>> {
     Ok(measured.into_iter().map(Measured::summary).collect())
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+/// One column's median over the rounds, and the 95 % interval for that median (from six
+/// rounds on).
+fn median_column(values: &[f64]) -> (String, String) {
+    match median_with_interval(values) {
+        None => ("-".to_string(), "-".to_string()),
+        Some(summary) => (
+            format!("{:.3}", summary.median),
+            summary.interval.map_or_else(
+                || "(6+ rounds)".to_string(),
+                |(low, high)| format!("{low:.3} – {high:.3}"),
+            ),
+        ),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -255,20 +267,31 @@ fn main() -> anyhow::Result<()> {
             }
         }
         println!();
-        println!("median over the rounds:");
         println!(
-            "| {:<50} | {:>9} | {:>9} | {:>14} | {:>14} |",
-            "target", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms"
+            "median over the rounds, with the 95 % confidence interval for the added latency's median (sign test, from 6 rounds):"
+        );
+        println!(
+            "| {:<50} | {:>9} | {:>9} | {:>14} | {:>17} | {:>14} | {:>17} |",
+            "target",
+            "p50 ms",
+            "p99 ms",
+            "added p50 ms",
+            "95 % interval",
+            "added p99 ms",
+            "95 % interval"
         );
         for (url, measured) in options.urls.iter().zip(&rounds) {
-            let column = |i: usize| median(measured.iter().map(|m| m[i]).collect());
+            let column = |i: usize| median_column(&measured.iter().map(|m| m[i]).collect::<Vec<_>>());
+            let (added50, added99) = (column(2), column(3));
             println!(
-                "| {:<50} | {:>9.3} | {:>9.3} | {:>14.3} | {:>14.3} |",
+                "| {:<50} | {:>9} | {:>9} | {:>14} | {:>17} | {:>14} | {:>17} |",
                 url,
-                column(0),
-                column(1),
-                column(2),
-                column(3)
+                column(0).0,
+                column(1).0,
+                added50.0,
+                added50.1,
+                added99.0,
+                added99.1
             );
         }
         anyhow::Ok(())
