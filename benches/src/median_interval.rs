@@ -34,16 +34,15 @@ pub fn median_with_interval(values: &[f64]) -> Option<MedianInterval> {
 }
 
 /// The largest k (1-based) with P(Binomial(n, ½) ≤ k − 1) ≤ 0.025, or 0 when even k = 1 fails.
+/// The probabilities are summed from their logarithms, since ½ⁿ underflows from n = 1,075 on.
 fn lower_rank(n: usize) -> usize {
-    let mut probability = 0.5_f64.powi(i32::try_from(n).unwrap_or(i32::MAX));
-    let mut cumulative = probability;
+    let mut log_probability = -(n as f64) * std::f64::consts::LN_2;
+    let mut cumulative = log_probability.exp();
     let mut k = 0;
-    let mut i = 0;
-    while i < n && cumulative <= 0.025 {
-        k = i + 1;
-        probability *= (n - i) as f64 / (i + 1) as f64;
-        cumulative += probability;
-        i += 1;
+    while k < n / 2 && cumulative <= 0.025 {
+        log_probability += ((n - k) as f64 / (k + 1) as f64).ln();
+        cumulative += log_probability.exp();
+        k += 1;
     }
     k
 }
@@ -61,6 +60,9 @@ mod tests {
         assert_eq!(lower_rank(20), 6);
         assert_eq!(lower_rank(30), 10);
         assert_eq!(lower_rank(40), 14);
+        // Beyond where ½ⁿ underflows: the normal approximation gives n/2 − 1.96·√n/2 ≈ 956.
+        let large = lower_rank(2_000);
+        assert!((950..=960).contains(&large), "{large}");
     }
 
     #[test]
