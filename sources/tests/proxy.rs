@@ -485,6 +485,35 @@ async fn calls_succeed_when_the_pipeline_behind_the_proxy_is_stuck() {
 }
 
 #[tokio::test]
+async fn a_workers_partial_batch_reaches_the_pipeline_within_linger() {
+    let upstream = start_upstream().await;
+    // Three calls never fill a batch of 1,024: they must still arrive while the proxy runs.
+    let mut proxy = Proxy::start(&format!("http://{upstream}"), "batch_size = 1024", 64).await;
+    let client = client();
+    for _ in 0..3 {
+        let response = client
+            .post(format!("{}/v1/chat/completions", proxy.url))
+            .body(r#"{"model":"m"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let mut rows = 0;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while rows < 3 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, proxy.events.recv()).await {
+            Ok(Some(engine::message::Message::Data(batch))) => rows += batch.num_rows(),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => panic!("{rows} of 3 events arrived within 2 s (linger 20 ms)"),
+        }
+    }
+    assert_eq!(rows, 3);
+    assert!(proxy.stop().await.is_empty());
+}
+
+#[tokio::test]
 async fn http2_cleartext_clients_are_served() {
     let upstream = start_upstream().await;
     let proxy = Proxy::start(&format!("http://{upstream}"), "", 64).await;

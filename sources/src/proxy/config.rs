@@ -92,11 +92,14 @@ pub struct ProxyConfig {
     pub overhead_header: Option<String>,
     #[serde(default)]
     pub websocket: WebSocketPolicy,
-    /// Events waiting to be batched; beyond it events are dropped and counted, never blocking.
+    /// Events the queue to the pipeline holds, in batches of `batch_size` (at least one batch);
+    /// beyond it a worker's batch is dropped and its events counted, never blocking.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
+    /// Events a worker collects before it queues them as one batch.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// How often each worker queues the events it has collected, however few.
     #[serde(default = "default_linger")]
     pub linger: ConfigDuration,
     /// Threads serving client connections, each with its own single-threaded runtime (one per

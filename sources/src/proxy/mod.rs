@@ -2,7 +2,10 @@
 //! event, emitted after the response completes (and for client aborts, upstream timeouts and
 //! unreachable upstreams). It is fail-open: emitting never blocks or delays a call — events go
 //! to a bounded queue with `try_send`, and when it is full the event is dropped and counted in
-//! the source's `dropped` metric.
+//! the source's `dropped` metric. Each worker thread builds its own Arrow batch of the events
+//! of the calls it served and hands whole batches over (at `batch_size` rows, every `linger`, and
+//! when the worker stops), so no per-event allocation crosses threads: handing each event over
+//! cost about 1.3 µs of CPU per call, 3 % of the proxy's throughput against nginx (README).
 
 mod affinity;
 mod body;
@@ -17,17 +20,20 @@ pub mod observe;
 mod server;
 mod workers;
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use bytes::Bytes;
 use engine::component::{ComponentError, ComponentResult, Source, SourceContext};
 use engine::config::ConfigError;
+use engine::message::Message;
 use engine::metrics::ComponentMetrics;
 use engine::registry::{BuildContext, BuiltSource};
-use engine::schema::api_call::{api_call_schema, ApiCall};
+use engine::schema::api_call::{api_call_schema, ApiCall, ApiCallBatchBuilder};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -42,10 +48,18 @@ use server::Forwarder;
 pub use server::{strip_hop_by_hop, MALFORMED_ROUTE};
 use workers::{WorkerLoad, Workers};
 
-/// Finishes events (model from the body prefix, caps) and queues them without blocking.
+thread_local! {
+    /// The events of the calls this worker thread served, not yet handed to the pipeline.
+    /// `None` on threads that are not workers: their events go out one batch each.
+    static STAGED: RefCell<Option<ApiCallBatchBuilder>> = const { RefCell::new(None) };
+}
+
+/// Finishes events (model from the body prefix, caps), collects them in the serving worker's
+/// batch and queues whole batches without blocking.
 pub struct Emitter {
-    sender: mpsc::Sender<ApiCall>,
+    sender: mpsc::Sender<RecordBatch>,
     metrics: Arc<ComponentMetrics>,
+    batch_size: usize,
     pub recognizer: Recognizer,
 }
 
@@ -60,10 +74,54 @@ impl Emitter {
         );
         event.endpoint = Some(route);
         event.model = model;
-        if self.sender.try_send(event).is_err() {
-            self.metrics.add_dropped(1);
+        let ready = STAGED.with(|staged| match staged.borrow_mut().as_mut() {
+            Some(builder) => {
+                builder.push(&event);
+                (builder.len() >= self.batch_size).then(|| builder.finish())
+            }
+            None => {
+                let mut single = ApiCallBatchBuilder::with_capacity(1);
+                single.push(&event);
+                Some(single.finish())
+            }
+        });
+        if let Some(batch) = ready {
+            self.queue(batch);
         }
     }
+
+    /// Makes the calling thread (a worker) collect its events into batches.
+    pub fn stage_on_this_thread(&self) {
+        STAGED.with(|staged| {
+            *staged.borrow_mut() = Some(ApiCallBatchBuilder::with_capacity(self.batch_size));
+        });
+    }
+
+    /// Queues the events the calling thread has collected so far.
+    pub fn flush_this_thread(&self) {
+        let batch = STAGED.with(|staged| {
+            staged
+                .borrow_mut()
+                .as_mut()
+                .filter(|builder| !builder.is_empty())
+                .map(ApiCallBatchBuilder::finish)
+        });
+        if let Some(batch) = batch {
+            self.queue(batch);
+        }
+    }
+
+    fn queue(&self, batch: RecordBatch) {
+        let rows = batch.num_rows() as u64;
+        if self.sender.try_send(batch).is_err() {
+            self.metrics.add_dropped(rows);
+        }
+    }
+}
+
+/// The queue's length in batches: `queue_capacity` events in batches of `batch_size`.
+fn queue_batches(config: &ProxyConfig) -> usize {
+    (config.queue_capacity / config.batch_size).max(1)
 }
 
 fn recognizer(config: &ProxyConfig) -> Result<Recognizer, (&'static str, String)> {
@@ -114,6 +172,7 @@ pub fn build(ctx: &BuildContext<'_, '_>) -> Result<BuiltSource, ConfigError> {
     let probe = Arc::new(Emitter {
         sender,
         metrics: ctx.metrics.clone(),
+        batch_size: config.batch_size,
         recognizer,
     });
     Forwarder::new(config.clone(), probe)
@@ -193,6 +252,35 @@ async fn serve_admin(
     }
 }
 
+/// Sends the workers' batches on as they come, forwards each barrier after the batches queued
+/// before it, and once the workers have finished (`drained`: they queue what they collected as
+/// they stop) sends what is still queued.
+async fn forward_batches(
+    receiver: &mut mpsc::Receiver<RecordBatch>,
+    ctx: &mut SourceContext,
+    drained: &CancellationToken,
+) -> ComponentResult {
+    loop {
+        tokio::select! {
+            _ = drained.cancelled() => break,
+            Some(barrier) = ctx.barriers.recv() => {
+                while let Ok(batch) = receiver.try_recv() {
+                    ctx.output.send_batch(0, batch).await?;
+                }
+                ctx.output.send_control(Message::Barrier(barrier)).await?;
+            }
+            batch = receiver.recv() => match batch {
+                Some(batch) => ctx.output.send_batch(0, batch).await?,
+                None => break,
+            },
+        }
+    }
+    while let Ok(batch) = receiver.try_recv() {
+        ctx.output.send_batch(0, batch).await?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Source for ProxySource {
     async fn run(self: Box<Self>, mut ctx: SourceContext) -> ComponentResult {
@@ -207,10 +295,11 @@ impl Source for ProxySource {
             Some(address) => Some(bind(address, "proxy's admin endpoint").await?),
             None => None,
         };
-        let (sender, mut receiver) = mpsc::channel(config.queue_capacity);
+        let (sender, mut receiver) = mpsc::channel(queue_batches(&config));
         let emitter = Arc::new(Emitter {
             sender,
             metrics: ctx.metrics.clone(),
+            batch_size: config.batch_size,
             recognizer: recognizer(&config)
                 .map_err(|(_, message)| ComponentError::other(message))?,
         });
@@ -250,14 +339,7 @@ impl Source for ProxySource {
             let _ = server.await;
             drained_signal.cancel();
         });
-        let result = crate::channel::forward_events(
-            &mut receiver,
-            &mut ctx,
-            config.batch_size,
-            config.linger.0,
-            &drained,
-        )
-        .await;
+        let result = forward_batches(&mut receiver, &mut ctx, &drained).await;
         match result {
             // Fail-open: everything downstream is gone (a component failed), but the model API
             // must not notice. Keep forwarding calls; count their events as dropped.
@@ -266,14 +348,14 @@ impl Source for ProxySource {
                 loop {
                     tokio::select! {
                         _ = drained.cancelled() => break,
-                        event = receiver.recv() => match event {
-                            Some(_) => ctx.metrics.add_dropped(1),
+                        batch = receiver.recv() => match batch {
+                            Some(batch) => ctx.metrics.add_dropped(batch.num_rows() as u64),
                             None => break,
                         },
                     }
                 }
-                while receiver.try_recv().is_ok() {
-                    ctx.metrics.add_dropped(1);
+                while let Ok(batch) = receiver.try_recv() {
+                    ctx.metrics.add_dropped(batch.num_rows() as u64);
                 }
                 Err(ComponentError::DownstreamClosed)
             }

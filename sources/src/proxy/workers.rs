@@ -139,12 +139,15 @@ impl Workers {
                 forwarder: forwarder.clone(),
                 stop: stop.clone(),
             });
+            let emitter = forwarder.emitter.clone();
             std::thread::Builder::new()
                 .name(format!("proxy-{name}-{index}"))
                 .spawn(move || {
+                    emitter.stage_on_this_thread();
                     runtime.block_on(serve);
                     // Connections still open after the grace period are closed with the runtime.
                     drop(runtime);
+                    emitter.flush_this_thread();
                     let _ = done.send(());
                 })?;
             finished.push(finished_one);
@@ -187,6 +190,16 @@ async fn run_worker(context: WorkerContext) {
         stop,
     } = context;
     let shared = connection::WorkerShared::new(&forwarder, stop.clone());
+    // The events this worker collected go to the pipeline at least every `linger`.
+    let (emitter, linger) = (forwarder.emitter.clone(), forwarder.config.linger.0);
+    tokio::spawn(async move {
+        let mut flushes = tokio::time::interval(linger.max(Duration::from_millis(1)));
+        flushes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            flushes.tick().await;
+            emitter.flush_this_thread();
+        }
+    });
     // Both idle sets are swept by one task, which ends with the worker's runtime.
     let (senders, streams) = (shared.idle_senders.clone(), shared.idle_streams.clone());
     tokio::spawn(async move {
