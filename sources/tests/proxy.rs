@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 mod proxy_harness;
-use proxy_harness::{client, free_port, one_connection_client, raw_exchange, Proxy};
+use proxy_harness::{client, free_port, one_connection_client, post_chat, raw_exchange, Proxy};
 
 /// Body frames fed from a channel, for a streaming upstream.
 struct Frames(mpsc::Receiver<Bytes>);
@@ -465,12 +465,7 @@ async fn calls_succeed_when_the_pipeline_behind_the_proxy_is_stuck() {
     let client = client();
     let started = Instant::now();
     for _ in 0..50 {
-        let response = client
-            .post(format!("{}/v1/chat/completions", proxy.url))
-            .body(r#"{"model":"m"}"#)
-            .send()
-            .await
-            .unwrap();
+        let response = post_chat(&client, &proxy.url, r#"{"model":"m"}"#).await;
         assert_eq!(response.status(), 200);
     }
     assert!(
@@ -491,12 +486,7 @@ async fn a_workers_partial_batch_reaches_the_pipeline_within_linger() {
     let mut proxy = Proxy::start(&format!("http://{upstream}"), "batch_size = 1024", 64).await;
     let client = client();
     for _ in 0..3 {
-        let response = client
-            .post(format!("{}/v1/chat/completions", proxy.url))
-            .body(r#"{"model":"m"}"#)
-            .send()
-            .await
-            .unwrap();
+        let response = post_chat(&client, &proxy.url, r#"{"model":"m"}"#).await;
         assert_eq!(response.status(), 200);
     }
     let mut rows = 0;

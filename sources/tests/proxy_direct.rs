@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 mod proxy_harness;
-use proxy_harness::{client, one_connection_client, raw_exchange, Proxy};
+use proxy_harness::{client, one_connection_client, post_chat, raw_exchange, Proxy};
 
 /// What a raw upstream sends for the `request`th request head (from 0) on its `connection`th
 /// connection (from 0); `None` closes the connection without an answer.
@@ -198,12 +198,7 @@ async fn a_non_idempotent_call_is_not_sent_again_once_the_upstream_may_have_acte
     first.bytes().await.unwrap();
     // Written to the reused connection, which then closed without an answer: the upstream may
     // have started it, so a POST is answered 502 rather than sent twice.
-    let post = client
-        .post(format!("{}/v1/chat/completions", proxy.url))
-        .body(r#"{"model": "m"}"#)
-        .send()
-        .await
-        .unwrap();
+    let post = post_chat(&client, &proxy.url, r#"{"model": "m"}"#).await;
     assert_eq!(post.status(), 502);
     let error: serde_json::Value = post.json().await.unwrap();
     assert_eq!(error["error"]["type"], "upstream_unreachable");

@@ -92,6 +92,20 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
+/// POSTs `body` to the proxy's `/v1/chat/completions`.
+pub async fn post_chat(
+    client: &reqwest::Client,
+    proxy_url: &str,
+    body: &'static str,
+) -> reqwest::Response {
+    client
+        .post(format!("{proxy_url}/v1/chat/completions"))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// A client that keeps a single connection to the proxy.
 pub fn one_connection_client() -> reqwest::Client {
     reqwest::Client::builder()
