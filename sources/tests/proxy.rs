@@ -434,6 +434,47 @@ async fn errors_timeouts_and_unreachable_upstreams_are_answered_and_recorded() {
     assert_eq!(calls[0].model.as_deref(), Some("m"));
 }
 
+/// Wall-clock µs since the epoch, as the proxy stamps events.
+fn wall_micros() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since_epoch.as_micros()).unwrap()
+}
+
+#[tokio::test]
+async fn an_events_time_is_when_its_call_completed_on_both_forwarding_paths() {
+    let upstream = start_upstream().await;
+    for settings in ["", "http1_forwarding = \"hyper\""] {
+        let proxy = Proxy::start(&format!("http://{upstream}"), settings, 64).await;
+        let sent = wall_micros();
+        let response = client()
+            .get(format!("{}/slow", proxy.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{settings}");
+        response.bytes().await.unwrap();
+        // The event is complete once the last byte has been written, which may be just after
+        // the client has read it: the bound is taken after the proxy has stopped.
+        let calls = proxy.stop().await;
+        let stopped = wall_micros();
+        assert_eq!(calls.len(), 1, "{settings}: {calls:?}");
+        let call = &calls[0];
+        // The upstream holds `/slow` for 2 s: the event's time is its end, not its start.
+        assert!(call.latency_ms >= 2_000.0, "{settings}: {call:?}");
+        assert!(
+            call.event_time >= sent + 2_000_000 && call.event_time <= stopped,
+            "{settings}: sent {sent}, stopped {stopped}, {call:?}"
+        );
+        let start = call.event_time - (call.latency_ms * 1000.0).round() as i64;
+        assert!(
+            (sent..=sent + 100_000).contains(&start),
+            "{settings}: the call's start (event_time - latency) {start} is not just after {sent}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_client_that_goes_away_mid_stream_is_recorded_as_an_abort() {
     let upstream = start_upstream().await;

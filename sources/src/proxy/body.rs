@@ -139,14 +139,23 @@ pub struct CallRecord {
 }
 
 impl CallRecord {
-    /// Completes and emits the event.
+    /// Completes and emits the event. Its time becomes the moment the call completed (its
+    /// start, stamped in `start_call`, plus its latency), as an access log line or a latency
+    /// histogram records a call: a window then holds the calls that completed in it, and rows
+    /// reach it in the order calls end, so a call longer than the window's `out_of_orderness`
+    /// is counted on time instead of arriving late. Its start is `event_time - latency_ms`.
     pub fn emit(
         mut self: Box<Self>,
         outcome: Option<Outcome>,
         response_bytes: Option<u64>,
         observer: Option<ResponseObserver>,
     ) {
-        self.event.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let elapsed = self.started.elapsed();
+        self.event.latency_ms = elapsed.as_secs_f64() * 1000.0;
+        self.event.event_time = self
+            .event
+            .event_time
+            .saturating_add(i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX));
         self.event.request_bytes = Some(self.request.bytes.load(Ordering::Relaxed));
         self.event.response_bytes = response_bytes;
         if let Some(outcome) = outcome {

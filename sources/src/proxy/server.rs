@@ -226,7 +226,8 @@ impl Forwarder {
     }
 
     /// The start of a call's event, from its method, path and a lookup of its headers (the
-    /// same for calls hyper serves and for the direct HTTP/1.1 path).
+    /// same for calls hyper serves and for the direct HTTP/1.1 path). Its `event_time` is the
+    /// call's start until [`CallRecord::emit`] moves it to the call's end.
     pub fn start_call<'h>(
         &self,
         method: &str,
