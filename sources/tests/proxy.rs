@@ -344,6 +344,31 @@ async fn headers_follow_rfc_9110_and_carry_forwarding_information() {
 }
 
 #[tokio::test]
+async fn a_call_without_a_request_id_gets_one_upstream_and_in_its_event_on_both_paths() {
+    let upstream = start_upstream().await;
+    for settings in ["", "http1_forwarding = \"hyper\""] {
+        let proxy = Proxy::start(&format!("http://{upstream}"), settings, 64).await;
+        let response = client()
+            .get(format!("{}/headers", proxy.url))
+            .send()
+            .await
+            .unwrap();
+        let seen: serde_json::Value = response.json().await.unwrap();
+        let sent_upstream = seen["x-request-id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let calls = proxy.stop().await;
+        assert_eq!(calls.len(), 1, "{settings}: {calls:?}");
+        assert!(
+            uuid::Uuid::parse_str(&sent_upstream).is_ok(),
+            "{settings}: the upstream got {seen}"
+        );
+        assert_eq!(calls[0].request_id, sent_upstream, "{settings}");
+    }
+}
+
+#[tokio::test]
 async fn the_upstream_gets_origin_form_targets_under_its_base_path() {
     let upstream = start_upstream().await;
     // HTTP/1.1 calls go over the client connection's own upstream connection, HTTP/2 calls
