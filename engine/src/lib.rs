@@ -10,10 +10,12 @@ pub mod config;
 pub mod graph;
 pub mod message;
 pub mod metrics;
+pub mod pricing;
 pub mod registry;
 pub mod runtime;
 pub mod schema;
 pub mod state;
+pub mod testing;
 pub mod time;
 
 pub use component::{Collector, Operator, Sink, Source, SourceContext};

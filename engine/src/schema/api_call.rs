@@ -37,6 +37,10 @@ pub const OUTPUT_TOKENS_PER_SECOND: &str = "output_tokens_per_second";
 pub const CLIENT_ID: &str = "client_id";
 pub const UPSTREAM: &str = "upstream";
 pub const LABELS: &str = "labels";
+pub const CACHED_INPUT_TOKENS: &str = "cached_input_tokens";
+pub const REASONING_TOKENS: &str = "reasoning_tokens";
+pub const COST_USD: &str = "cost_usd";
+pub const ERROR: &str = "error";
 
 /// The Arrow type of every event-time column: µs since the epoch, UTC.
 pub fn timestamp_type() -> DataType {
@@ -76,6 +80,10 @@ pub fn api_call_schema() -> SchemaRef {
                 Field::new(CLIENT_ID, DataType::Utf8, true),
                 Field::new(UPSTREAM, DataType::Utf8, true),
                 Field::new(LABELS, labels_type(), true),
+                Field::new(CACHED_INPUT_TOKENS, DataType::UInt32, true),
+                Field::new(REASONING_TOKENS, DataType::UInt32, true),
+                Field::new(COST_USD, DataType::Float64, true),
+                Field::new(ERROR, DataType::Utf8, true),
             ]))
         })
         .clone()
@@ -208,6 +216,35 @@ pub struct ApiCall {
     pub upstream: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Input tokens served from the provider's prompt cache; included in `input_tokens`.
+    #[serde(
+        rename = "gen_ai.usage.cache_read.input_tokens",
+        alias = "cached_input_tokens",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cached_input_tokens: Option<u32>,
+    /// Output tokens spent on reasoning; included in `output_tokens`.
+    #[serde(
+        rename = "gen_ai.usage.reasoning.output_tokens",
+        alias = "reasoning_tokens",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reasoning_tokens: Option<u32>,
+    /// What the call cost, from the price table; `None` when its model has no price or it
+    /// reported no usage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    /// Why the call failed, when the proxy saw why (an unreachable upstream, a TLS error, a
+    /// malformed request).
+    #[serde(
+        rename = "error.message",
+        alias = "error",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub error: Option<String>,
 }
 
 fn serialize_micros<S: Serializer>(micros: &i64, serializer: S) -> Result<S::Ok, S::Error> {
@@ -252,6 +289,10 @@ pub struct ApiCallBatchBuilder {
     client_id: StringBuilder,
     upstream: StringBuilder,
     labels: MapBuilder<StringBuilder, StringBuilder>,
+    cached_input_tokens: UInt32Builder,
+    reasoning_tokens: UInt32Builder,
+    cost_usd: Float64Builder,
+    error: StringBuilder,
     rows: usize,
 }
 
@@ -283,6 +324,10 @@ impl ApiCallBatchBuilder {
             client_id: StringBuilder::new(),
             upstream: StringBuilder::new(),
             labels: labels_builder(),
+            cached_input_tokens: UInt32Builder::with_capacity(rows),
+            reasoning_tokens: UInt32Builder::with_capacity(rows),
+            cost_usd: Float64Builder::with_capacity(rows),
+            error: StringBuilder::new(),
             rows: 0,
         }
     }
@@ -329,6 +374,11 @@ impl ApiCallBatchBuilder {
                 .append(true)
                 .expect("map builder: keys and values stay in step");
         }
+        self.cached_input_tokens
+            .append_option(call.cached_input_tokens);
+        self.reasoning_tokens.append_option(call.reasoning_tokens);
+        self.cost_usd.append_option(call.cost_usd);
+        self.error.append_option(call.error.as_deref());
         self.rows += 1;
     }
 
@@ -355,6 +405,10 @@ impl ApiCallBatchBuilder {
             Arc::new(self.client_id.finish()),
             Arc::new(self.upstream.finish()),
             Arc::new(self.labels.finish()),
+            Arc::new(self.cached_input_tokens.finish()),
+            Arc::new(self.reasoning_tokens.finish()),
+            Arc::new(self.cost_usd.finish()),
+            Arc::new(self.error.finish()),
         ];
         RecordBatch::try_new(api_call_schema(), columns)
             .expect("api_call builder columns match the api_call schema")
@@ -402,6 +456,10 @@ pub fn batch_to_api_calls(batch: &RecordBatch) -> Result<Vec<ApiCall>, ArrowErro
     let client_id = column::<StringArray>(batch, CLIENT_ID)?;
     let upstream = column::<StringArray>(batch, UPSTREAM)?;
     let labels = column::<MapArray>(batch, LABELS)?;
+    let cached = column::<UInt32Array>(batch, CACHED_INPUT_TOKENS)?;
+    let reasoning = column::<UInt32Array>(batch, REASONING_TOKENS)?;
+    let cost = column::<Float64Array>(batch, COST_USD)?;
+    let error = column::<StringArray>(batch, ERROR)?;
     let mut rows = Vec::with_capacity(batch.num_rows());
     for row in 0..batch.num_rows() {
         let mut label_map = BTreeMap::new();
@@ -439,6 +497,10 @@ pub fn batch_to_api_calls(batch: &RecordBatch) -> Result<Vec<ApiCall>, ArrowErro
             client_id: opt_str(client_id, row),
             upstream: opt_str(upstream, row),
             labels: label_map,
+            cached_input_tokens: cached.is_valid(row).then(|| cached.value(row)),
+            reasoning_tokens: reasoning.is_valid(row).then(|| reasoning.value(row)),
+            cost_usd: cost.is_valid(row).then(|| cost.value(row)),
+            error: opt_str(error, row),
         });
     }
     Ok(rows)
@@ -469,6 +531,10 @@ mod tests {
             client_id: None,
             upstream: Some("127.0.0.1:8002".into()),
             labels: BTreeMap::from([("region".to_string(), "eu".to_string())]),
+            cached_input_tokens: Some(4),
+            reasoning_tokens: Some(30),
+            cost_usd: Some(0.00125),
+            error: None,
         }
     }
 
@@ -481,6 +547,14 @@ mod tests {
             "{json}"
         );
         assert!(json.contains("\"http.response.status_code\":200"), "{json}");
+        assert!(
+            json.contains("\"gen_ai.usage.cache_read.input_tokens\":4"),
+            "{json}"
+        );
+        assert!(
+            json.contains("\"gen_ai.usage.reasoning.output_tokens\":30"),
+            "{json}"
+        );
         assert!(
             json.contains("\"timestamp\":\"2023-11-14T22:13:20.000001Z\""),
             "{json}"
@@ -520,6 +594,9 @@ mod tests {
         other.model = None;
         other.status_code = None;
         other.outcome = Outcome::UpstreamUnreachable;
+        other.cached_input_tokens = None;
+        other.cost_usd = None;
+        other.error = Some("TLS handshake with x failed".into());
         let rows = vec![sample(), other];
         let batch = api_calls_to_batch(&rows);
         assert_eq!(batch.schema(), api_call_schema());

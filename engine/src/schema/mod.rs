@@ -9,6 +9,19 @@ pub mod window_metrics;
 pub use api_call::{api_call_schema, ApiCall, ApiCallBatchBuilder, Outcome};
 
 use arrow::datatypes::{DataType, Schema};
+use arrow::record_batch::RecordBatch;
+
+use crate::component::{ComponentError, ComponentResult};
+
+/// Column `index` of `batch` as its concrete array type (checked against the schema when the
+/// component was built; an error here means a batch that breaks it).
+pub fn typed_column<T: 'static>(batch: &RecordBatch, index: usize) -> ComponentResult<&T> {
+    batch
+        .column(index)
+        .as_any()
+        .downcast_ref::<T>()
+        .ok_or_else(|| ComponentError::other(format!("column {index} has an unexpected type")))
+}
 
 /// The schema's field names, comma-separated, for error messages.
 pub fn field_names(schema: &Schema) -> String {
