@@ -9,7 +9,7 @@ mod error;
 pub mod interpolate;
 
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -522,6 +522,19 @@ impl<'a> ComponentSpec<'a> {
             crc32fast::hash(text.as_bytes()),
             text.len() as u32
         )
+    }
+
+    /// A path a setting names, relative to the config file's directory (as written when
+    /// absolute, or when the config did not come from a file).
+    pub fn resolve_path(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            return path.to_path_buf();
+        }
+        let file = Path::new(&self.source.name);
+        match file.parent().filter(|_| file.is_file()) {
+            Some(directory) => directory.join(path),
+            None => path.to_path_buf(),
+        }
     }
 
     /// An error about the component as a whole (located at its `type`).
