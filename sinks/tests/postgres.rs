@@ -418,3 +418,44 @@ async fn alert_changes_land_once_with_jsonb_labels() {
         .await
         .unwrap();
 }
+
+/// A table an earlier version created, before `cost_usd` and `error` existed: the sink adds
+/// the columns it lacks (nullable: the old rows have no value) and writes on.
+#[tokio::test]
+async fn an_older_table_gains_the_new_columns_and_keeps_its_rows() {
+    let Some(client) = postgres_or_skip().await else {
+        return;
+    };
+    let table = unique("old_calls");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE \"{table}\" (event_time timestamptz NOT NULL, request_id text NOT NULL, model text, endpoint text, method text, status_code integer, outcome text NOT NULL, latency_ms double precision NOT NULL, ttfb_ms double precision, ttft_ms double precision, request_bytes bigint, response_bytes bigint, input_tokens bigint, output_tokens bigint, output_tokens_estimated boolean, output_tokens_per_second double precision, client_id text, upstream text, labels jsonb);
+             INSERT INTO \"{table}\" (event_time, request_id, outcome, latency_ms) VALUES (now(), 'old-1', 'ok', 1.5);"
+        ))
+        .await
+        .unwrap();
+    let mut sink = sink(&format!("table = \"{table}\""), api_call_schema()).unwrap();
+    let mut priced = call(1, "gpt-4o");
+    priced.cost_usd = Some(0.25);
+    priced.error = Some("none".into());
+    sink.write(api_calls_to_batch(&[priced])).await.unwrap();
+    checkpoint(&mut sink, 1).await;
+    let rows = client
+        .query(
+            &format!("SELECT request_id, cost_usd, error FROM \"{table}\" ORDER BY request_id"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let read: Vec<(String, Option<f64>, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        read,
+        vec![
+            ("old-1".to_string(), None, None),
+            ("req-1".to_string(), Some(0.25), Some("none".to_string()))
+        ]
+    );
+}

@@ -275,7 +275,19 @@ async fn prepare(
         .query_one("SELECT current_setting('server_version_num')::int", &[])
         .await?
         .get(0);
-    let existing = existing_columns(&transaction, layout).await?;
+    let mut existing = existing_columns(&transaction, layout).await?;
+    if config.schema_mode != SchemaMode::Check && !existing.is_empty() {
+        // A table an earlier version created: add the columns it lacks (new api_call and
+        // window fields), then check the rest as usual.
+        for statement in layout.add_missing_columns(&existing) {
+            tracing::info!(table = %layout.qualified(), %statement, "postgres: adding a column the table lacks");
+            transaction
+                .batch_execute(&statement)
+                .await
+                .map_err(|e| Failure::Fatal(format!("{}: {statement}", describe(&e))))?;
+        }
+        existing = existing_columns(&transaction, layout).await?;
+    }
     if config.schema_mode == SchemaMode::Check || !existing.is_empty() {
         layout.check_columns(&existing).map_err(Failure::Fatal)?;
         transaction.commit().await?;

@@ -367,6 +367,24 @@ impl TableLayout {
         )
     }
 
+    /// `ALTER TABLE ... ADD COLUMN` for each column of the layout an existing table lacks
+    /// (a table created by an earlier version, before the column existed). The columns are
+    /// added nullable: rows written before have no value for them.
+    pub fn add_missing_columns(&self, existing: &[(String, String)]) -> Vec<String> {
+        self.columns
+            .iter()
+            .filter(|(name, _, _)| !existing.iter().any(|(c, _)| c == name))
+            .map(|(name, pg, _)| {
+                format!(
+                    "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}",
+                    self.qualified(),
+                    quote(name),
+                    sql_name(pg)
+                )
+            })
+            .collect()
+    }
+
     /// Compares an existing table's columns (`(name, information_schema data_type)`) with
     /// the layout; the error lists every difference.
     pub fn check_columns(&self, existing: &[(String, String)]) -> Result<(), String> {
@@ -478,6 +496,23 @@ mod tests {
             .any(|s| s.contains("WITH (timescaledb.continuous = true)")
                 && s.contains("max(\"p99_latency_ms\") AS \"max_p99_latency_ms\"")));
         assert!(timescale.iter().any(|s| s.contains("add_retention_policy")));
+    }
+
+    #[test]
+    fn an_older_table_gets_the_columns_it_lacks() {
+        let layout = windows();
+        let mut existing: Vec<(String, String)> = layout
+            .columns
+            .iter()
+            .map(|(c, pg, _)| (c.clone(), sql_name(pg).to_string()))
+            .collect();
+        existing.retain(|(c, _)| c != "cost_usd" && c != "unpriced_calls");
+        let statements = layout.add_missing_columns(&existing);
+        assert_eq!(statements.len(), 2, "{statements:?}");
+        assert!(statements[0].contains("ADD COLUMN IF NOT EXISTS \"cost_usd\" double precision"));
+        for statement in &statements {
+            parses(statement);
+        }
     }
 
     #[test]
