@@ -2,12 +2,14 @@
 //! tumbling or hopping windows with watermarks and allowed lateness, computing counts, error
 //! rates, rates, latency statistics, DDSketch quantiles, TTFT quantiles and token sums in one
 //! step), `anomaly` (robust, seasonal and multivariate detectors over window results), and
-//! `alert` (threshold, anomaly and absence rules with Prometheus's alerting semantics).
+//! `alert` (threshold, anomaly and absence rules with Prometheus's alerting semantics), and
+//! `price` (each call's `cost_usd` from a price table).
 //! Each module registers itself in [`register`].
 
 pub mod alert;
 pub mod anomaly;
 pub mod filter;
+pub mod price;
 pub mod series_key;
 pub mod window;
 
@@ -18,5 +20,6 @@ pub fn register(registry: &mut Registry) {
     registry.add_operator("alert", alert::build);
     registry.add_operator("anomaly", anomaly::build);
     registry.add_operator("filter", filter::build);
+    registry.add_operator("price", price::build);
     registry.add_operator("window", window::build);
 }

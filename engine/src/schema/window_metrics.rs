@@ -21,6 +21,12 @@ pub const MAX_LATENCY_MS: &str = "max_latency_ms";
 pub const TTFT_COUNT: &str = "ttft_count";
 pub const INPUT_TOKENS: &str = "input_tokens";
 pub const OUTPUT_TOKENS: &str = "output_tokens";
+pub const CACHED_INPUT_TOKENS: &str = "cached_input_tokens";
+pub const REASONING_TOKENS: &str = "reasoning_tokens";
+/// Spend of the window's priced calls; null when none was priced.
+pub const COST_USD: &str = "cost_usd";
+/// Calls that reported usage but whose model has no price (their cost is not in `cost_usd`).
+pub const UNPRICED_CALLS: &str = "unpriced_calls";
 pub const REVISION: &str = "revision";
 
 /// `0.99` → `p99`, `0.999` → `p99_9`, `0.5` → `p50`.
@@ -78,6 +84,10 @@ pub fn window_metrics_schema(key_fields: &[FieldRef], quantiles: &[f64]) -> Sche
     fields.extend([
         Field::new(INPUT_TOKENS, DataType::UInt64, false),
         Field::new(OUTPUT_TOKENS, DataType::UInt64, false),
+        Field::new(CACHED_INPUT_TOKENS, DataType::UInt64, false),
+        Field::new(REASONING_TOKENS, DataType::UInt64, false),
+        Field::new(COST_USD, DataType::Float64, true),
+        Field::new(UNPRICED_CALLS, DataType::UInt64, false),
         Field::new(REVISION, DataType::UInt32, false),
     ]);
     Arc::new(Schema::new(fields))

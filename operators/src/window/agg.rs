@@ -17,6 +17,18 @@ pub struct Aggregate {
     pub ttft_count: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    #[serde(default)]
+    pub cached_input_tokens: u64,
+    #[serde(default)]
+    pub reasoning_tokens: u64,
+    #[serde(default)]
+    pub cost_usd: f64,
+    /// Calls with a cost.
+    #[serde(default)]
+    pub priced_calls: u64,
+    /// Calls that reported usage without a cost.
+    #[serde(default)]
+    pub unpriced_calls: u64,
 }
 
 impl Aggregate {
@@ -32,6 +44,11 @@ impl Aggregate {
             ttft_count: 0,
             input_tokens: 0,
             output_tokens: 0,
+            cached_input_tokens: 0,
+            reasoning_tokens: 0,
+            cost_usd: 0.0,
+            priced_calls: 0,
+            unpriced_calls: 0,
         }
     }
 
@@ -65,6 +82,11 @@ impl Aggregate {
         self.ttft_count += other.ttft_count;
         self.input_tokens += other.input_tokens;
         self.output_tokens += other.output_tokens;
+        self.cached_input_tokens += other.cached_input_tokens;
+        self.reasoning_tokens += other.reasoning_tokens;
+        self.cost_usd += other.cost_usd;
+        self.priced_calls += other.priced_calls;
+        self.unpriced_calls += other.unpriced_calls;
     }
 
     pub fn latency_quantile(&self, q: f64) -> Option<f64> {

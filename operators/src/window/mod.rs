@@ -34,10 +34,11 @@ use engine::message::Watermark;
 use engine::metrics::ComponentMetrics;
 use engine::registry::{BuildContext, BuiltOperator, OutputPort};
 use engine::schema::api_call::{
-    timestamp_type, EVENT_TIME, INPUT_TOKENS, LATENCY_MS, OUTCOME, OUTPUT_TOKENS, TTFT_MS,
+    timestamp_type, CACHED_INPUT_TOKENS, COST_USD, EVENT_TIME, INPUT_TOKENS, LATENCY_MS, OUTCOME,
+    OUTPUT_TOKENS, REASONING_TOKENS, TTFT_MS,
 };
-use engine::schema::require_field;
 use engine::schema::window_metrics::window_metrics_schema;
+use engine::schema::{require_field, typed_column};
 use sketches_ddsketch::Config as SketchConfig;
 
 pub use agg::Aggregate;
@@ -54,6 +55,9 @@ struct Columns {
     ttft: Option<usize>,
     input_tokens: Option<usize>,
     output_tokens: Option<usize>,
+    cached_input_tokens: Option<usize>,
+    reasoning_tokens: Option<usize>,
+    cost_usd: Option<usize>,
     keys: Vec<usize>,
 }
 
@@ -94,14 +98,6 @@ fn next_point(after: i64, pane: i64, offset: i64) -> i64 {
     ((after.saturating_sub(offset)).div_euclid(pane) + 1)
         .saturating_mul(pane)
         .saturating_add(offset)
-}
-
-fn typed_column<T: 'static>(batch: &RecordBatch, index: usize) -> ComponentResult<&T> {
-    batch
-        .column(index)
-        .as_any()
-        .downcast_ref::<T>()
-        .ok_or_else(|| ComponentError::other(format!("column {index} has an unexpected type")))
 }
 
 /// Builds a window operator from its config (used by the registry, tests and benches).
@@ -159,6 +155,9 @@ impl Window {
         let ttft = optional(TTFT_MS, DataType::Float64)?;
         let input_tokens = optional(INPUT_TOKENS, DataType::UInt32)?;
         let output_tokens = optional(OUTPUT_TOKENS, DataType::UInt32)?;
+        let cached_input_tokens = optional(CACHED_INPUT_TOKENS, DataType::UInt32)?;
+        let reasoning_tokens = optional(REASONING_TOKENS, DataType::UInt32)?;
+        let cost_usd = optional(COST_USD, DataType::Float64)?;
         let mut key_columns = Vec::new();
         let mut key_fields: Vec<FieldRef> = Vec::new();
         for key in &config.key {
@@ -202,6 +201,9 @@ impl Window {
                 ttft,
                 input_tokens,
                 output_tokens,
+                cached_input_tokens,
+                reasoning_tokens,
+                cost_usd,
                 keys: key_columns,
             },
             output_schema,
@@ -261,6 +263,16 @@ impl Window {
         let output_tokens: Option<&UInt32Array> = self
             .columns
             .output_tokens
+            .map(|i| typed_column(batch, i))
+            .transpose()?;
+        let column_u32 = |index: Option<usize>| -> ComponentResult<Option<&UInt32Array>> {
+            index.map(|i| typed_column(batch, i)).transpose()
+        };
+        let cached_tokens = column_u32(self.columns.cached_input_tokens)?;
+        let reasoning_tokens = column_u32(self.columns.reasoning_tokens)?;
+        let cost: Option<&Float64Array> = self
+            .columns
+            .cost_usd
             .map(|i| typed_column(batch, i))
             .transpose()?;
         let key_ids = std::mem::take(&mut self.key_ids);
@@ -329,10 +341,33 @@ impl Window {
                     aggregate.input_tokens += u64::from(tokens.value(row));
                 }
             }
+            let mut reported_usage = false;
             if let Some(tokens) = output_tokens {
                 if tokens.is_valid(row) {
                     aggregate.output_tokens += u64::from(tokens.value(row));
+                    reported_usage = true;
                 }
+            }
+            if let Some(tokens) = input_tokens {
+                reported_usage |= tokens.is_valid(row);
+            }
+            for (tokens, sum) in [
+                (cached_tokens, &mut aggregate.cached_input_tokens),
+                (reasoning_tokens, &mut aggregate.reasoning_tokens),
+            ] {
+                if let Some(tokens) = tokens {
+                    if tokens.is_valid(row) {
+                        *sum += u64::from(tokens.value(row));
+                    }
+                }
+            }
+            match cost.filter(|cost| cost.is_valid(row)) {
+                Some(cost) => {
+                    aggregate.cost_usd += cost.value(row);
+                    aggregate.priced_calls += 1;
+                }
+                None if reported_usage => aggregate.unpriced_calls += 1,
+                None => {}
             }
             if time > max_time {
                 max_time = time;

@@ -48,6 +48,10 @@ pub(super) fn build_batch(
         .collect();
     let mut input_tokens = UInt64Builder::with_capacity(n);
     let mut output_tokens = UInt64Builder::with_capacity(n);
+    let mut cached_input_tokens = UInt64Builder::with_capacity(n);
+    let mut reasoning_tokens = UInt64Builder::with_capacity(n);
+    let mut cost_usd = Float64Builder::with_capacity(n);
+    let mut unpriced_calls = UInt64Builder::with_capacity(n);
     let mut revision = UInt32Builder::with_capacity(n);
     for ((window_start, key, aggregate), rev) in rows.iter().zip(revisions) {
         name.append_value(&window.name);
@@ -83,6 +87,10 @@ pub(super) fn build_batch(
         }
         input_tokens.append_value(aggregate.input_tokens);
         output_tokens.append_value(aggregate.output_tokens);
+        cached_input_tokens.append_value(aggregate.cached_input_tokens);
+        reasoning_tokens.append_value(aggregate.reasoning_tokens);
+        cost_usd.append_option((aggregate.priced_calls > 0).then_some(aggregate.cost_usd));
+        unpriced_calls.append_value(aggregate.unpriced_calls);
         revision.append_value(*rev);
     }
     let mut columns: Vec<ArrayRef> = vec![
@@ -110,6 +118,10 @@ pub(super) fn build_batch(
     columns.extend([
         Arc::new(input_tokens.finish()) as ArrayRef,
         Arc::new(output_tokens.finish()),
+        Arc::new(cached_input_tokens.finish()),
+        Arc::new(reasoning_tokens.finish()),
+        Arc::new(cost_usd.finish()),
+        Arc::new(unpriced_calls.finish()),
         Arc::new(revision.finish()),
     ]);
     Ok(RecordBatch::try_new(window.output_schema.clone(), columns)?)
