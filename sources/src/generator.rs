@@ -432,7 +432,7 @@ impl Generator {
             output_tokens_per_second: None,
             client_id: None,
             upstream: Some("generator".to_string()),
-            labels: Default::default(),
+            ..Default::default()
         })
     }
 }

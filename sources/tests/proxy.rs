@@ -748,7 +748,7 @@ async fn malformed_requests_on(settings: &str) {
     assert_eq!(statuses, [400, 400, 431], "{calls:#?}");
     assert!(malformed
         .iter()
-        .all(|c| c.outcome == Outcome::ClientError && c.labels.contains_key("proxy_error")));
+        .all(|c| c.outcome == Outcome::ClientError && c.error.is_some()));
     assert!(calls.iter().any(|c| c.status_code == Some(200)));
     // The bad chunk and the half-sent body: calls started, then the client's doing.
     let started: Vec<&ApiCall> = calls
@@ -760,7 +760,7 @@ async fn malformed_requests_on(settings: &str) {
     assert!(
         started.iter().any(|c| c.outcome == Outcome::ClientError
             && c.status_code == Some(400)
-            && c.labels.contains_key("proxy_error")),
+            && c.error.is_some()),
         "{started:#?}"
     );
     assert!(

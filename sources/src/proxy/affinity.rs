@@ -12,26 +12,23 @@
 //! `upstream_protocol = "h2c"` use the shared upstream pool instead.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use super::body::TeeBody;
 use super::idle::{IdleConnection, IdleUpstreams};
+use super::upstream::{Alpn, ConnectError, Upstream};
 
 pub type UpstreamBody = TeeBody<Incoming>;
 
 /// Why a call could not be sent upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    #[error("connect timeout ({0:?})")]
-    ConnectTimeout(Duration),
     #[error(transparent)]
-    Connect(std::io::Error),
+    Connect(ConnectError),
     #[error(transparent)]
     Http(hyper::Error),
 }
@@ -42,24 +39,22 @@ type Sender = http1::SendRequest<UpstreamBody>;
 pub type IdleSenders = IdleUpstreams<Sender>;
 
 impl IdleConnection for Sender {
-    fn is_closed(&self) -> bool {
+    fn is_closed(&mut self) -> bool {
         Sender::is_closed(self)
     }
 }
 
 /// The upstream connection of one client connection.
 pub struct Affinity {
-    authority: String,
-    connect_timeout: Duration,
+    upstream: Arc<Upstream>,
     sender: Mutex<Option<Sender>>,
     idle: Arc<IdleSenders>,
 }
 
 impl Affinity {
-    pub fn new(authority: String, connect_timeout: Duration, idle: Arc<IdleSenders>) -> Self {
+    pub fn new(upstream: Arc<Upstream>, idle: Arc<IdleSenders>) -> Self {
         Self {
-            authority,
-            connect_timeout,
+            upstream,
             sender: Mutex::new(None),
             idle,
         }
@@ -117,15 +112,14 @@ impl Affinity {
         None
     }
 
+    /// A new HTTP/1.1 connection (over TLS offering only `http/1.1`, whatever else the
+    /// upstream speaks).
     async fn connect(&self) -> Result<Sender, SendError> {
-        let stream = tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect(self.authority.as_str()),
-        )
-        .await
-        .map_err(|_| SendError::ConnectTimeout(self.connect_timeout))?
-        .map_err(SendError::Connect)?;
-        let _ = stream.set_nodelay(true);
+        let stream = self
+            .upstream
+            .connect(Alpn::Http1)
+            .await
+            .map_err(SendError::Connect)?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(SendError::Http)?;
@@ -133,7 +127,7 @@ impl Affinity {
         // when its only sender is dropped (the client connection gone and the worker's idle
         // set full, past its timeout, or stopped).
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            if let Err(error) = connection.with_upgrades().await {
                 tracing::debug!(%error, "upstream connection ended");
             }
         });

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use engine::schema::api_call::{ApiCall, Outcome};
 use hyper::body::{Body, Frame, SizeHint};
 
+use super::decode::{self, Encoding};
 use super::observe::{BodyKind, ResponseObserver};
 use super::Emitter;
 
@@ -136,6 +137,24 @@ pub struct CallRecord {
     pub started: Instant,
     pub request: Arc<RequestTap>,
     pub emitter: Arc<Emitter>,
+    /// The request body's `Content-Encoding` (its prefix is decoded for the model).
+    pub request_encoding: Encoding,
+    /// The call streams a JSON array (Gemini's `streamGenerateContent` without SSE).
+    pub json_stream: bool,
+    /// The model when the request names none (an Azure deployment).
+    pub fallback_model: Option<String>,
+}
+
+impl CallRecord {
+    /// The observer of this call's response body of `kind`, sent with `encoding`.
+    pub fn observer(&self, kind: BodyKind, encoding: Encoding) -> ResponseObserver {
+        let observer = ResponseObserver::new(kind, encoding, self.emitter.decode_limit);
+        if self.json_stream {
+            observer.json_stream()
+        } else {
+            observer
+        }
+    }
 }
 
 impl CallRecord {
@@ -163,9 +182,14 @@ impl CallRecord {
         }
         if let Some(observer) = observer {
             let observed = observer.finish();
+            if let Some(why) = observed.usage_unknown {
+                self.emitter.count_undecoded(why);
+            }
             self.event.ttft_ms = observed.first_token.map(|d| d.as_secs_f64() * 1000.0);
             self.event.input_tokens = observed.input_tokens;
             self.event.output_tokens = observed.output_tokens;
+            self.event.cached_input_tokens = observed.cached_input_tokens;
+            self.event.reasoning_tokens = observed.reasoning_tokens;
             self.event.output_tokens_estimated = observed
                 .output_tokens
                 .map(|_| observed.output_tokens_estimated);
@@ -176,15 +200,25 @@ impl CallRecord {
                 .filter(|tokens| *tokens > 0 && generating_ms > 0.0)
                 .map(|tokens| f64::from(tokens) / (generating_ms / 1000.0));
         }
-        let prefix = std::mem::take(
+        let mut prefix = std::mem::take(
             &mut *self
                 .request
                 .prefix
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         );
-        let CallRecord { event, emitter, .. } = *self;
-        emitter.emit(event, &prefix);
+        if !prefix.is_empty() && self.request_encoding != Encoding::Identity {
+            prefix =
+                decode::decode_prefix(self.request_encoding, &prefix, prefix.len().max(64 * 1024))
+                    .unwrap_or_default();
+        }
+        let CallRecord {
+            event,
+            emitter,
+            fallback_model,
+            ..
+        } = *self;
+        emitter.emit(event, &prefix, fallback_model);
     }
 }
 
@@ -197,11 +231,12 @@ pub struct ObservedBody<B: Body> {
 }
 
 impl<B: Body> ObservedBody<B> {
-    pub fn new(inner: B, record: Box<CallRecord>, kind: BodyKind) -> Self {
+    pub fn new(inner: B, record: Box<CallRecord>, kind: BodyKind, encoding: Encoding) -> Self {
+        let observer = record.observer(kind, encoding);
         Self {
             inner,
             record: Some(record),
-            observer: Some(ResponseObserver::new(kind)),
+            observer: Some(observer),
             bytes: 0,
         }
     }

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 
 use engine::time::ConfigDuration;
 use serde::Deserialize;
@@ -19,10 +20,15 @@ pub enum HostHeader {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum UpstreamProtocol {
+    /// HTTP/1.1 to an `http://` upstream; to an `https://` one, HTTP/2 when the server offers
+    /// it in the TLS handshake (ALPN), else HTTP/1.1.
     #[default]
+    Auto,
+    /// HTTP/1.1 only.
     Http1,
-    /// HTTP/2 over cleartext with prior knowledge.
-    H2c,
+    /// HTTP/2 only: with prior knowledge (h2c) to an `http://` upstream, by ALPN over TLS.
+    #[serde(alias = "h2c", alias = "h2")]
+    Http2,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -52,8 +58,24 @@ pub struct ProxyConfig {
     /// Where clients connect (HTTP/1.1 and h2c).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// The model API, e.g. `http://127.0.0.1:8002`.
+    /// The model API, e.g. `http://127.0.0.1:8002` or `https://api.openai.com`.
     pub upstream: String,
+    /// PEM file of the CA (or CAs) an `https://` upstream's certificate must chain to, in place
+    /// of the platform's roots.
+    pub upstream_ca_file: Option<PathBuf>,
+    /// PEM certificate chain and key the proxy presents to an upstream that asks for one (mTLS).
+    pub upstream_client_cert_file: Option<PathBuf>,
+    pub upstream_client_key_file: Option<PathBuf>,
+    /// Accepts any certificate from an `https://` upstream: for tests only, never in production.
+    #[serde(default)]
+    pub danger_accept_invalid_upstream_certificates: bool,
+    /// Time allowed for the TLS handshake with an `https://` upstream.
+    #[serde(default = "default_tls_handshake_timeout")]
+    pub tls_handshake_timeout: ConfigDuration,
+    /// PEM certificate chain and key for clients calling the proxy over HTTPS (both or
+    /// neither); reloaded on SIGHUP and when the files change.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
     #[serde(default)]
     pub upstream_protocol: UpstreamProtocol,
     /// How HTTP/1.1 calls to an HTTP/1.1 upstream are forwarded.
@@ -67,8 +89,13 @@ pub struct ProxyConfig {
     /// Header carrying the request id (generated, and added upstream, when absent).
     #[serde(default = "default_request_id_header")]
     pub request_id_header: String,
-    /// Header whose value is the calling client's id.
+    /// Header whose value is the calling client's id. When it is one of `secret_headers`
+    /// (an API key), the id is a hash of the value: `sha256:` and 16 hex digits.
     pub client_id_header: Option<String>,
+    /// Headers that carry credentials: forwarded unchanged, never recorded (no event, log line
+    /// or store sees them). `model_header` and `request_id_header` may not name one.
+    #[serde(default = "default_secret_headers")]
+    pub secret_headers: Vec<String>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: ConfigDuration,
     /// Time allowed for the upstream's response headers.
@@ -81,6 +108,11 @@ pub struct ProxyConfig {
     /// How much of a JSON request body is scanned for a top-level `model` field.
     #[serde(default = "default_body_prefix")]
     pub model_body_prefix_bytes: usize,
+    /// Bytes of a compressed response body decoded per call to read its usage (the body is
+    /// forwarded as it came, whatever its size); beyond them the call's token counts are
+    /// unknown and `bodies_over_decode_limit` counts it.
+    #[serde(default = "default_max_decoded_body_bytes")]
+    pub max_decoded_body_bytes: usize,
     /// Route templates such as `/v1/users/{id}`.
     #[serde(default)]
     pub routes: Vec<String>,
@@ -88,6 +120,12 @@ pub struct ProxyConfig {
     pub max_models: usize,
     #[serde(default = "default_max_routes")]
     pub max_routes: usize,
+    /// A TOML file of `[[prices]]` (see `engine::pricing`), relative to the config file: each
+    /// event gets `cost_usd`.
+    pub prices_file: Option<PathBuf>,
+    /// Prices given inline, before those of `prices_file`.
+    #[serde(default)]
+    pub prices: Vec<engine::pricing::Price>,
     /// Adds this response header with the proxy's own overhead in milliseconds (off when absent).
     pub overhead_header: Option<String>,
     #[serde(default)]
@@ -117,6 +155,21 @@ pub struct ProxyConfig {
     pub upstream_keepalive_timeout: ConfigDuration,
 }
 
+fn default_secret_headers() -> Vec<String> {
+    [
+        "authorization",
+        "proxy-authorization",
+        "api-key",
+        "x-api-key",
+        "x-goog-api-key",
+        "cookie",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+fn default_tls_handshake_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(10)
+}
 fn default_workers() -> NonZeroUsize {
     std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
 }
@@ -143,6 +196,9 @@ fn default_response_timeout() -> ConfigDuration {
 }
 fn default_body_prefix() -> usize {
     64 * 1024
+}
+fn default_max_decoded_body_bytes() -> usize {
+    8 << 20
 }
 fn default_max_models() -> usize {
     200

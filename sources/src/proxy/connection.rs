@@ -1,7 +1,7 @@
 //! One client connection of the proxy: HTTP/1.1 calls to an HTTP/1.1 upstream go over the
 //! direct path until a request needs hyper; hyper serves the rest (HTTP/1.x or h2c, with
-//! upgrades) with its own upstream connection for HTTP/1.1 calls, and requests hyper refuses
-//! before any handler runs still become events.
+//! upgrades, and every client connection over TLS) with its own upstream connection for
+//! HTTP/1.1 calls, and requests hyper refuses before any handler runs still become events.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,13 +14,18 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::affinity::IdleSenders;
-use super::config::{Http1Forwarding, UpstreamProtocol};
+use super::config::Http1Forwarding;
 use super::direct::{self, Ended, IdleStreams, Rewind};
 use super::server::{ClientConnection, Forwarder};
+use super::upstream::Speaks;
+
+/// Time a client has to finish its TLS handshake.
+const TLS_ACCEPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What every connection of a worker shares.
 pub struct WorkerShared {
@@ -61,19 +66,34 @@ pub fn serve(
         client,
     };
     let direct = forwarder.config.http1_forwarding == Http1Forwarding::Direct
-        && forwarder.config.upstream_protocol == UpstreamProtocol::Http1;
+        && forwarder.upstream.speaks() != Speaks::Http2;
     let idle_streams = shared.idle_streams.clone();
     let stop = shared.stop.clone();
     // Boxed once here, so spawning the connection's task moves a pointer rather than the
     // state machine; hyper's connection future, large and the rarer case on the direct path,
     // is boxed on its own so the direct path's task does not carry its size.
     Box::pin(async move {
+        if let Some(tls) = forwarder.listener_tls.clone() {
+            let accepted =
+                tokio::time::timeout(TLS_ACCEPT_TIMEOUT, tls.acceptor.accept(stream)).await;
+            return match accepted {
+                Ok(Ok(stream)) => Box::pin(hyper.serve(stream, true)).await,
+                Ok(Err(error)) => {
+                    forwarder.emitter.count_tls_failure();
+                    tracing::debug!(%error, %client, "proxy: a client's TLS handshake failed");
+                }
+                Err(_) => {
+                    forwarder.emitter.count_tls_failure();
+                    tracing::debug!(%client, "proxy: a client's TLS handshake timed out");
+                }
+            };
+        }
         if !direct {
-            return Box::pin(hyper.serve(Rewind::new(Bytes::new(), stream))).await;
+            return Box::pin(hyper.serve(Rewind::new(Bytes::new(), stream), false)).await;
         }
         match direct::serve(stream, client, forwarder, idle_streams, stop).await {
             Ended::Closed => {}
-            Ended::HandOff(rewound) => Box::pin(hyper.serve(rewound)).await,
+            Ended::HandOff(rewound) => Box::pin(hyper.serve(rewound, false)).await,
         }
     })
 }
@@ -88,7 +108,10 @@ struct HyperConnection {
 }
 
 impl HyperConnection {
-    async fn serve(self, io: Rewind) {
+    async fn serve<I>(self, io: I, tls: bool)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let Self {
             builder,
             watcher,
@@ -98,7 +121,7 @@ impl HyperConnection {
         } = self;
         let affinity = Arc::new(forwarder.affinity(idle_senders));
         let handler = forwarder.clone();
-        let client_connection = Arc::new(ClientConnection::new(client));
+        let client_connection = Arc::new(ClientConnection::new(client, tls));
         let service = service_fn(move |request| {
             handler
                 .clone()

@@ -1,6 +1,7 @@
 //! A worker's idle upstream connections, left by client connections that closed, for the
 //! worker's next client connections (nginx's `keepalive` in an `upstream` block): hyper's
-//! connection handles for calls hyper serves, plain sockets for the direct HTTP/1.1 path.
+//! connection handles for calls hyper serves, sockets (plain or TLS) for the direct HTTP/1.1
+//! path.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -11,14 +12,14 @@ use tokio::net::TcpStream;
 /// An upstream connection that can wait in an idle set.
 pub trait IdleConnection {
     /// The upstream has closed it (or it can no longer be used).
-    fn is_closed(&self) -> bool;
+    fn is_closed(&mut self) -> bool;
 }
 
 impl IdleConnection for TcpStream {
     /// An idle connection has nothing to read: readable means the upstream closed it, or sent
     /// bytes no request asked for; either way it is not used again. Costs no system call while
     /// the socket has not been reported readable.
-    fn is_closed(&self) -> bool {
+    fn is_closed(&mut self) -> bool {
         let mut byte = [0u8; 1];
         !matches!(self.try_read(&mut byte), Err(error) if error.kind() == std::io::ErrorKind::WouldBlock)
     }
@@ -54,12 +55,12 @@ impl<C: IdleConnection> IdleUpstreams<C> {
     /// oldest first.
     pub fn close_expired(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|(connection, since)| {
+        idle.retain_mut(|(connection, since)| {
             since.elapsed() < self.timeout && !connection.is_closed()
         });
     }
 
-    pub fn put(&self, connection: C) {
+    pub fn put(&self, mut connection: C) {
         if self.capacity == 0 || connection.is_closed() {
             return;
         }
@@ -74,7 +75,7 @@ impl<C: IdleConnection> IdleUpstreams<C> {
     /// the upstream).
     pub fn take(&self) -> Option<C> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((connection, since)) = idle.pop_back() {
+        while let Some((mut connection, since)) = idle.pop_back() {
             if since.elapsed() >= self.timeout {
                 // Every connection before it has waited longer still.
                 idle.clear();

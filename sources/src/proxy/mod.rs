@@ -11,18 +11,22 @@ mod affinity;
 mod body;
 pub mod config;
 mod connection;
+pub mod decode;
 mod direct;
 pub mod extract;
 mod idle;
 mod lenient;
+mod listener_tls;
 mod model_json;
 pub mod observe;
 mod server;
+mod upstream;
 mod workers;
 
 use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
@@ -32,6 +36,7 @@ use engine::component::{ComponentError, ComponentResult, Source, SourceContext};
 use engine::config::ConfigError;
 use engine::message::Message;
 use engine::metrics::ComponentMetrics;
+use engine::pricing::{Cost, PriceTable};
 use engine::registry::{BuildContext, BuiltSource};
 use engine::schema::api_call::{api_call_schema, ApiCall, ApiCallBatchBuilder};
 use http_body_util::Full;
@@ -61,12 +66,26 @@ pub struct Emitter {
     metrics: Arc<ComponentMetrics>,
     batch_size: usize,
     pub recognizer: Recognizer,
+    tls_failures: Arc<AtomicU64>,
+    /// Decoded bytes read of a compressed body per call.
+    pub decode_limit: usize,
+    undecoded_over_limit: Arc<AtomicU64>,
+    undecoded_invalid: Arc<AtomicU64>,
+    prices: Option<PriceTable>,
+    unpriced: Arc<AtomicU64>,
 }
 
 impl Emitter {
-    pub fn emit(&self, mut event: ApiCall, request_prefix: &[u8]) {
-        if event.model.is_none() && !request_prefix.is_empty() {
-            event.model = extract::model_from_json_prefix(request_prefix);
+    /// `fallback_model` names the model when neither the event nor the request body's
+    /// prefix does (an Azure deployment).
+    pub fn emit(&self, mut event: ApiCall, request_prefix: &[u8], fallback_model: Option<String>) {
+        if event.model.is_none() {
+            if !request_prefix.is_empty() {
+                event.model = extract::model_from_json_prefix(request_prefix);
+            }
+            if event.model.is_none() {
+                event.model = fallback_model;
+            }
         }
         let (route, model) = self.recognizer.capped(
             event.endpoint.take().unwrap_or_default(),
@@ -74,6 +93,15 @@ impl Emitter {
         );
         event.endpoint = Some(route);
         event.model = model;
+        if let Some(prices) = &self.prices {
+            match prices.cost(&event) {
+                Cost::Usd(usd) => event.cost_usd = Some(usd),
+                Cost::Unpriced => {
+                    self.unpriced.fetch_add(1, Ordering::Relaxed);
+                }
+                Cost::NoUsage => {}
+            }
+        }
         let ready = STAGED.with(|staged| match staged.borrow_mut().as_mut() {
             Some(builder) => {
                 builder.push(&event);
@@ -88,6 +116,20 @@ impl Emitter {
         if let Some(batch) = ready {
             self.queue(batch);
         }
+    }
+
+    /// Counts a call whose compressed body could not all be read (its usage is unknown).
+    pub fn count_undecoded(&self, why: decode::Undecoded) {
+        let counter = match why {
+            decode::Undecoded::OverLimit => &self.undecoded_over_limit,
+            decode::Undecoded::Invalid => &self.undecoded_invalid,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a client whose TLS handshake with the proxy failed (no call, no event).
+    pub fn count_tls_failure(&self) {
+        self.tls_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Makes the calling thread (a worker) collect its events into batches.
@@ -157,8 +199,27 @@ fn recognizer(config: &ProxyConfig) -> Result<Recognizer, (&'static str, String)
     })
 }
 
+/// The price table of `config` (inline prices, then `prices_file`), `None` when it has none.
+pub fn price_table(
+    prices: &[engine::pricing::Price],
+    file: Option<&std::path::Path>,
+) -> Result<Option<PriceTable>, (&'static str, String)> {
+    let inline = PriceTable::new(prices.to_vec()).map_err(|e| ("prices", e))?;
+    let table = match file {
+        Some(path) => inline.extended(PriceTable::from_file(path).map_err(|e| ("prices_file", e))?),
+        None => inline,
+    };
+    Ok((!table.is_empty()).then_some(table))
+}
+
 pub fn build(ctx: &BuildContext<'_, '_>) -> Result<BuiltSource, ConfigError> {
-    let config: ProxyConfig = ctx.spec.settings()?;
+    let mut config: ProxyConfig = ctx.spec.settings()?;
+    config.prices_file = config
+        .prices_file
+        .as_deref()
+        .map(|p| ctx.spec.resolve_path(p));
+    let prices = price_table(&config.prices, config.prices_file.as_deref())
+        .map_err(|(key, message)| ctx.spec.error_at_key(key, message))?;
     if config.batch_size == 0 || config.queue_capacity == 0 {
         return Err(ctx.spec.error_at_key(
             "queue_capacity",
@@ -174,9 +235,15 @@ pub fn build(ctx: &BuildContext<'_, '_>) -> Result<BuiltSource, ConfigError> {
         metrics: ctx.metrics.clone(),
         batch_size: config.batch_size,
         recognizer,
+        tls_failures: Arc::new(AtomicU64::new(0)),
+        decode_limit: config.max_decoded_body_bytes,
+        undecoded_over_limit: Arc::new(AtomicU64::new(0)),
+        undecoded_invalid: Arc::new(AtomicU64::new(0)),
+        prices,
+        unpriced: Arc::new(AtomicU64::new(0)),
     });
     Forwarder::new(config.clone(), probe)
-        .map_err(|message| ctx.spec.error_at_key("upstream", message))?;
+        .map_err(|(key, message)| ctx.spec.error_at_key(key, message))?;
     Ok(BuiltSource {
         source: Box::new(ProxySource { config }),
         schema: api_call_schema(),
@@ -302,9 +369,31 @@ impl Source for ProxySource {
             batch_size: config.batch_size,
             recognizer: recognizer(&config)
                 .map_err(|(_, message)| ComponentError::other(message))?,
+            tls_failures: ctx.metrics.named("client_tls_failures"),
+            decode_limit: config.max_decoded_body_bytes,
+            undecoded_over_limit: ctx.metrics.named("bodies_over_decode_limit"),
+            undecoded_invalid: ctx.metrics.named("bodies_undecodable"),
+            prices: price_table(&config.prices, config.prices_file.as_deref())
+                .map_err(|(_, message)| ComponentError::other(message))?,
+            unpriced: ctx.metrics.named("unpriced_calls"),
         });
-        let forwarder =
-            Arc::new(Forwarder::new(config.clone(), emitter).map_err(ComponentError::other)?);
+        let forwarder = Arc::new(
+            Forwarder::new(config.clone(), emitter)
+                .map_err(|(_, message)| ComponentError::other(message))?,
+        );
+        if let Some(tls) = forwarder.listener_tls.clone() {
+            tokio::spawn(tls.watch(ctx.shutdown.child_token()));
+        }
+        if forwarder.upstream.speaks() == upstream::Speaks::Unknown {
+            // Learn which protocol the upstream chooses before the first call needs it (and
+            // say at once if its certificate is refused).
+            let upstream = forwarder.upstream.clone();
+            tokio::spawn(async move {
+                if let Err(error) = upstream.connect(upstream::Alpn::Negotiate).await {
+                    tracing::warn!(upstream = %upstream.authority, %error, "proxy: cannot reach the upstream yet");
+                }
+            });
+        }
         let stop = ctx.shutdown.child_token();
         tracing::info!(source = %ctx.id, listen = %config.listen, upstream = %config.upstream, "proxy listening");
         let cannot_start = |e: std::io::Error| {

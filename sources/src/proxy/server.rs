@@ -1,7 +1,8 @@
 //! The forwarding path: one hyper service per client connection (HTTP/1.1 with keep-alive, or
-//! h2c), a pooled upstream client, hop-by-hop headers handled per RFC 9110 §7.6.1,
-//! `X-Forwarded-For` / `X-Forwarded-Proto`, bodies streamed in both directions, WebSocket
-//! upgrades passed through or refused, and a JSON 502 / 504 when the upstream cannot answer.
+//! HTTP/2), a pooled upstream client (HTTP/1.1, or HTTP/2 over h2c or TLS), hop-by-hop headers
+//! handled per RFC 9110 §7.6.1, `X-Forwarded-For` / `X-Forwarded-Proto`, bodies streamed in
+//! both directions, WebSocket upgrades passed through or refused, and a JSON 502 / 504 when the
+//! upstream cannot answer (the reason also in the event's `error`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,20 +15,22 @@ use engine::time::now_micros;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{
-    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST, PROXY_AUTHORIZATION,
-    TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_ENCODING, CONTENT_TYPE, HOST,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::affinity::{Affinity, IdleSenders};
 use super::body::{BodyFailure, CallRecord, ObservedBody, RequestTap, TeeBody};
-use super::config::{HostHeader, ProxyConfig, UpstreamProtocol, WebSocketPolicy};
+use super::config::{HostHeader, ProxyConfig, WebSocketPolicy};
+use super::decode::Encoding;
 use super::idle::{IdleConnection, IdleUpstreams};
+use super::listener_tls::ListenerTls;
 use super::observe::BodyKind;
+use super::upstream::{PoolConnector, Speaks, Upstream};
 use super::Emitter;
 
 /// The `endpoint` of requests too malformed to have a route.
@@ -55,13 +58,19 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 pub struct ClientConnection {
     /// The client's IP address as an `X-Forwarded-For` element.
     pub(super) forwarded_for: HeaderValue,
+    /// `X-Forwarded-Proto`: `https` when the client called the proxy over TLS.
+    pub(super) proto: HeaderValue,
 }
 
 impl ClientConnection {
-    pub fn new(address: SocketAddr) -> Self {
+    pub fn new(address: SocketAddr, tls: bool) -> Self {
         let forwarded_for = HeaderValue::from_str(&address.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self { forwarded_for }
+        let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+        Self {
+            forwarded_for,
+            proto,
+        }
     }
 }
 
@@ -76,17 +85,21 @@ pub struct CallStart {
 
 pub struct Forwarder {
     pub config: ProxyConfig,
-    pub(super) upstream_authority: String,
-    upstream_authority_parsed: Authority,
+    pub(super) upstream: Arc<Upstream>,
+    /// The upstream's authority, for the absolute-form targets of the shared pool.
+    pool_authority: Authority,
     /// The `Host` header sent upstream when `host = "rewrite"`.
     pub(super) upstream_host: HeaderValue,
-    pub(super) upstream_base_path: String,
-    client: Client<HttpConnector, TeeBody<Incoming>>,
+    client: Client<PoolConnector, TeeBody<Incoming>>,
     pub emitter: Arc<Emitter>,
     pub(super) request_id_header: HeaderName,
     client_id_header: Option<HeaderName>,
     model_header: Option<HeaderName>,
     pub(super) overhead_header: Option<HeaderName>,
+    /// HTTPS for clients, when `tls_cert_file` and `tls_key_file` are set.
+    pub(super) listener_tls: Option<Arc<ListenerTls>>,
+    /// `client_id_header` is a credential: the id recorded is its hash.
+    hash_client_id: bool,
 }
 
 fn header_name(value: &str, what: &str) -> Result<HeaderName, String> {
@@ -94,50 +107,89 @@ fn header_name(value: &str, what: &str) -> Result<HeaderName, String> {
         .map_err(|_| format!("`{value}` is not a valid {what} header name"))
 }
 
+/// The setting that names a header of this kind.
+fn what_key(what: &str) -> &'static str {
+    match what {
+        "request id" => "request_id_header",
+        "client id" => "client_id_header",
+        "model" => "model_header",
+        _ => "overhead_header",
+    }
+}
+
 impl Forwarder {
-    pub fn new(config: ProxyConfig, emitter: Arc<Emitter>) -> Result<Self, String> {
-        let upstream: Uri = config
-            .upstream
-            .parse()
-            .map_err(|e| format!("`upstream` {:?} is not a URL: {e}", config.upstream))?;
-        if upstream.scheme_str().unwrap_or("http") != "http" {
-            return Err(format!("`upstream` must be an http:// URL (TLS to the upstream is not supported), got {:?}", config.upstream));
-        }
-        let authority = upstream
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("`upstream` {:?} names no host", config.upstream))?;
-        let upstream_host = HeaderValue::from_str(authority.as_str())
-            .map_err(|_| format!("`upstream` {:?} names no valid host", config.upstream))?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout.0));
-        connector.set_nodelay(true);
+    /// The forwarder of `config`; an error names the setting at fault and what is wrong.
+    pub fn new(config: ProxyConfig, emitter: Arc<Emitter>) -> Result<Self, (&'static str, String)> {
+        let upstream = Arc::new(Upstream::new(&config)?);
+        let pool_authority: Authority = upstream.authority.parse().map_err(|_| {
+            (
+                "upstream",
+                format!("`upstream` {:?} names no valid host", config.upstream),
+            )
+        })?;
+        let upstream_host = HeaderValue::from_str(&upstream.authority).map_err(|_| {
+            (
+                "upstream",
+                format!("`upstream` {:?} names no valid host", config.upstream),
+            )
+        })?;
         let mut builder = Client::builder(TokioExecutor::new());
         builder
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(config.upstream_keepalive_timeout.0)
             .pool_max_idle_per_host(1024)
-            .http2_only(config.upstream_protocol == UpstreamProtocol::H2c);
-        let client = builder.build(connector);
+            // Cleartext HTTP/2 needs prior knowledge; over TLS the handshake says which.
+            .http2_only(!upstream.https && upstream.speaks() == Speaks::Http2);
+        let client = builder.build(PoolConnector(upstream.clone()));
+        let header =
+            |value: &str, what: &str| header_name(value, what).map_err(|e| (what_key(what), e));
+        let secret = |name: &str| {
+            config
+                .secret_headers
+                .iter()
+                .any(|secret| secret.eq_ignore_ascii_case(name))
+        };
+        for (key, name) in [
+            ("model_header", config.model_header.as_deref()),
+            ("request_id_header", Some(config.request_id_header.as_str())),
+        ] {
+            if let Some(name) = name.filter(|name| secret(name)) {
+                return Err((key, format!("`{name}` carries credentials (it is in `secret_headers`): its value would be recorded in every event")));
+            }
+        }
+        let hash_client_id = config.client_id_header.as_deref().is_some_and(secret);
+        let listener_tls = match (&config.tls_cert_file, &config.tls_key_file) {
+            (Some(cert), Some(key)) => Some(Arc::new(
+                ListenerTls::new(cert, key).map_err(|e| ("tls_cert_file", e))?,
+            )),
+            (None, None) => None,
+            _ => {
+                return Err((
+                    "tls_cert_file",
+                    "`tls_cert_file` and `tls_key_file` go together".to_string(),
+                ))
+            }
+        };
         Ok(Self {
-            request_id_header: header_name(&config.request_id_header, "request id")?,
+            listener_tls,
+            hash_client_id,
+            request_id_header: header(&config.request_id_header, "request id")?,
             client_id_header: config
                 .client_id_header
                 .as_deref()
-                .map(|h| header_name(h, "client id"))
+                .map(|h| header(h, "client id"))
                 .transpose()?,
             model_header: config
                 .model_header
                 .as_deref()
-                .map(|h| header_name(h, "model"))
+                .map(|h| header(h, "model"))
                 .transpose()?,
             overhead_header: config
                 .overhead_header
                 .as_deref()
-                .map(|h| header_name(h, "overhead"))
+                .map(|h| header(h, "overhead"))
                 .transpose()?,
-            upstream_base_path: upstream.path().trim_end_matches('/').to_string(),
-            upstream_authority: authority.to_string(),
-            upstream_authority_parsed: authority,
+            upstream,
+            pool_authority,
             upstream_host,
             client,
             config,
@@ -164,10 +216,7 @@ impl Forwarder {
         let (outcome, kind, message) = match failure {
             BodyFailure::Malformed => {
                 record.event.status_code = Some(400);
-                record
-                    .event
-                    .labels
-                    .insert("proxy_error".to_string(), error.to_string());
+                record.event.error = Some(error.to_string());
                 (
                     Outcome::ClientError,
                     "bad_request",
@@ -190,7 +239,6 @@ impl Forwarder {
     /// `status` and closes the connection; the event says what happened.
     pub fn malformed_request(&self, client: SocketAddr, status: u16, detail: &str, since: Instant) {
         let mut labels = std::collections::BTreeMap::new();
-        labels.insert("proxy_error".to_string(), detail.to_string());
         labels.insert("client_address".to_string(), client.ip().to_string());
         let event = ApiCall {
             event_time: now_micros(),
@@ -199,21 +247,18 @@ impl Forwarder {
             status_code: Some(status),
             outcome: Outcome::ClientError,
             latency_ms: since.elapsed().as_secs_f64() * 1000.0,
-            upstream: Some(self.upstream_authority.clone()),
+            upstream: Some(self.upstream.authority.clone()),
             labels,
+            error: Some(detail.to_string()),
             ..Default::default()
         };
-        self.emitter.emit(event, &[]);
+        self.emitter.emit(event, &[], None);
     }
 
     /// A client connection's own upstream connection (see [`Affinity`]), taken from and left
     /// to its worker's `idle` upstream connections.
     pub fn affinity(&self, idle: Arc<IdleSenders>) -> Affinity {
-        Affinity::new(
-            self.upstream_authority.clone(),
-            self.config.connect_timeout.0,
-            idle,
-        )
+        Affinity::new(self.upstream.clone(), idle)
     }
 
     /// A worker's set of idle upstream connections, as large as `upstream_keepalive`, each
@@ -249,7 +294,14 @@ impl Forwarder {
             .client_id_header
             .as_ref()
             .and_then(&header)
-            .map(str::to_string);
+            .map(|value| {
+                if self.hash_client_id {
+                    credential_id(value)
+                } else {
+                    value.to_string()
+                }
+            });
+        let request_encoding = Encoding::from_header(header(&CONTENT_ENCODING));
         let event = ApiCall {
             event_time,
             request_id: request_id.clone(),
@@ -257,7 +309,7 @@ impl Forwarder {
             endpoint: Some(path_info.route),
             method: Some(method.to_owned()),
             client_id,
-            upstream: Some(self.upstream_authority.clone()),
+            upstream: Some(self.upstream.authority.clone()),
             ..Default::default()
         };
         // The body's start is kept only while the model is still unknown.
@@ -274,6 +326,9 @@ impl Forwarder {
             started,
             request: tap.clone(),
             emitter: self.emitter.clone(),
+            request_encoding,
+            json_stream: path.ends_with(":streamGenerateContent"),
+            fallback_model: path_info.fallback_model,
         });
         CallStart {
             record,
@@ -323,11 +378,19 @@ impl Forwarder {
             ));
         }
         let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut request));
-        let affinity = affinity.filter(|_| {
-            !is_upgrade
-                && request.version() <= hyper::Version::HTTP_11
-                && self.config.upstream_protocol == UpstreamProtocol::Http1
-        });
+        // HTTP/1.1 calls to an HTTP/1.1 upstream go over the client connection's own upstream
+        // connection; an upgrade over a connection of its own (it is consumed by the upgrade,
+        // and HTTP/2 cannot carry one); the rest over the shared pool.
+        let affinity = if is_upgrade {
+            Some(Arc::new(
+                self.affinity(Arc::new(IdleSenders::new(0, Duration::ZERO))),
+            ))
+        } else {
+            affinity.filter(|_| {
+                request.version() <= hyper::Version::HTTP_11
+                    && self.upstream.speaks() == Speaks::Http1
+            })
+        };
 
         // Build the upstream request: origin-form on the client connection's own upstream
         // connection (RFC 9112 §3.2.1), absolute-form for the shared pool, which takes the
@@ -339,10 +402,13 @@ impl Forwarder {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        let absolute = affinity
-            .is_none()
-            .then_some(&self.upstream_authority_parsed);
-        match upstream_target(&parts.uri, &self.upstream_base_path, absolute) {
+        let scheme = if self.upstream.https {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
+        let absolute = affinity.is_none().then_some((scheme, &self.pool_authority));
+        match upstream_target(&parts.uri, &self.upstream.base_path, absolute) {
             Some(uri) => parts.uri = uri,
             None => {
                 record.emit(Some(Outcome::ClientError), Some(0), None);
@@ -414,28 +480,32 @@ impl Forwarder {
                 record.event.status_code = Some(502);
                 let message = format!(
                     "the upstream {} could not be reached: {error}",
-                    self.upstream_authority
+                    self.upstream.authority
                 );
-                record.emit(Some(Outcome::UpstreamUnreachable), Some(0), None);
-                return Ok(Self::json_error(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_unreachable",
-                    &message,
-                ));
+                record.event.error = Some(error);
+                let response =
+                    Self::json_error(StatusCode::BAD_GATEWAY, "upstream_unreachable", &message);
+                record.emit(
+                    Some(Outcome::UpstreamUnreachable),
+                    Some(body_length(&response)),
+                    None,
+                );
+                return Ok(response);
             }
             Err(_) => {
                 let mut record = record;
                 record.event.status_code = Some(504);
-                record.emit(Some(Outcome::Timeout), Some(0), None);
                 let message = format!(
                     "the upstream {} sent no response within {}",
-                    self.upstream_authority, self.config.response_timeout
+                    self.upstream.authority, self.config.response_timeout
                 );
-                return Ok(Self::json_error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "timeout",
-                    &message,
+                record.event.error = Some(format!(
+                    "no response within {}",
+                    self.config.response_timeout
                 ));
+                let response = Self::json_error(StatusCode::GATEWAY_TIMEOUT, "timeout", &message);
+                record.emit(Some(Outcome::Timeout), Some(body_length(&response)), None);
+                return Ok(response);
             }
         };
         let after_headers = Instant::now();
@@ -473,6 +543,12 @@ impl Forwarder {
                 .get(CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok()),
         );
+        let encoding = Encoding::from_header(
+            response
+                .headers()
+                .get(CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok()),
+        );
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         if let Some(name) = &self.overhead_header {
@@ -485,9 +561,15 @@ impl Forwarder {
         }
         Ok(Response::from_parts(
             parts,
-            Either::Left(ObservedBody::new(body, record, kind)),
+            Either::Left(ObservedBody::new(body, record, kind, encoding)),
         ))
     }
+}
+
+/// The length of an answer the proxy built itself.
+fn body_length(response: &Response<ProxyBody>) -> u64 {
+    use hyper::body::Body;
+    response.body().size_hint().exact().unwrap_or(0)
 }
 
 /// The JSON body of an error the proxy answers itself.
@@ -499,7 +581,11 @@ pub(super) fn json_error_body(kind: &str, message: &str) -> String {
 /// joined with the client's path and query, in absolute form when an `authority` is given.
 /// `None` for a target that is not a path (`*`, authority-form) or that does not join into a
 /// valid URI.
-fn upstream_target(uri: &Uri, base_path: &str, authority: Option<&Authority>) -> Option<Uri> {
+fn upstream_target(
+    uri: &Uri,
+    base_path: &str,
+    authority: Option<(Scheme, &Authority)>,
+) -> Option<Uri> {
     let client_target = match uri.path_and_query() {
         Some(target) if target.as_str().starts_with('/') => target.clone(),
         Some(_) => return None,
@@ -511,12 +597,20 @@ fn upstream_target(uri: &Uri, base_path: &str, authority: Option<&Authority>) ->
         PathAndQuery::try_from(format!("{base_path}{client_target}")).ok()?
     };
     let mut parts = hyper::http::uri::Parts::default();
-    if let Some(authority) = authority {
-        parts.scheme = Some(Scheme::HTTP);
+    if let Some((scheme, authority)) = authority {
+        parts.scheme = Some(scheme);
         parts.authority = Some(authority.clone());
     }
     parts.path_and_query = Some(path_and_query);
     Uri::from_parts(parts).ok()
+}
+
+/// A stable id for a credential that does not reveal it: `sha256:` and the first 16 hex digits
+/// of its SHA-256 (a `Bearer ` prefix is hashed with it).
+fn credential_id(value: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(value.as_bytes());
+    format!("sha256:{}", hex::encode(&digest[..8]))
 }
 
 /// A random (version 4) UUID from the thread's random generator: `Uuid::new_v4` asks the
@@ -621,7 +715,7 @@ fn append_forwarded(
     }
     headers
         .entry(X_FORWARDED_PROTO)
-        .or_insert_with(|| HeaderValue::from_static("http"));
+        .or_insert_with(|| client.proto.clone());
     if let Some(host) = host {
         headers
             .entry(X_FORWARDED_HOST)
@@ -660,6 +754,15 @@ mod tests {
     }
 
     #[test]
+    fn credentials_become_ids_that_do_not_reveal_them() {
+        let id = credential_id("Bearer sk-live-1234567890");
+        assert!(id.starts_with("sha256:") && id.len() == 7 + 16, "{id}");
+        assert!(!id.contains("sk-live"));
+        assert_eq!(id, credential_id("Bearer sk-live-1234567890"));
+        assert_ne!(id, credential_id("Bearer sk-live-1234567891"));
+    }
+
+    #[test]
     fn generated_request_ids_are_distinct_version_4_uuids() {
         let (first, second) = (new_request_id(), new_request_id());
         assert_ne!(first, second);
@@ -670,7 +773,7 @@ mod tests {
     #[test]
     fn upstream_targets_are_origin_form_on_an_own_connection_and_absolute_for_the_pool() {
         let authority: Authority = "127.0.0.1:8000".parse().unwrap();
-        let target = |uri: &str, base: &str, authority: Option<&Authority>| {
+        let target = |uri: &str, base: &str, authority: Option<(Scheme, &Authority)>| {
             upstream_target(&uri.parse().unwrap(), base, authority).map(|u| u.to_string())
         };
         assert_eq!(
@@ -682,7 +785,7 @@ mod tests {
             Some("/api/v1/chat?x=1")
         );
         assert_eq!(
-            target("/v1/chat", "/api", Some(&authority)).as_deref(),
+            target("/v1/chat", "/api", Some((Scheme::HTTP, &authority))).as_deref(),
             Some("http://127.0.0.1:8000/api/v1/chat")
         );
         // A client's absolute-form target keeps only its path and query.
@@ -700,7 +803,7 @@ mod tests {
         headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         append_forwarded(
             &mut headers,
-            &ClientConnection::new("127.0.0.9:5000".parse().unwrap()),
+            &ClientConnection::new("127.0.0.9:5000".parse().unwrap(), false),
             Some(&HeaderValue::from_static("api.example")),
         );
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.9");

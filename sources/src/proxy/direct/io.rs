@@ -10,7 +10,11 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Writes `first` then `second`, gathered into one `writev` while both have bytes left.
-pub async fn write_both(stream: &mut TcpStream, first: &[u8], second: &[u8]) -> io::Result<()> {
+pub async fn write_both<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    first: &[u8],
+    second: &[u8],
+) -> io::Result<()> {
     let (mut first, mut second) = (first, second);
     while !first.is_empty() || !second.is_empty() {
         let written = if first.is_empty() {

@@ -30,15 +30,17 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::body::{CallRecord, RequestTap};
 use super::config::HostHeader;
+use super::decode::Encoding;
 use super::idle::{IdleConnection, IdleUpstreams};
-use super::observe::{BodyKind, ResponseObserver};
+use super::observe::BodyKind;
 use super::server::{json_error_body, CallStart, Forwarder};
+use super::upstream::{Alpn, Speaks, UpstreamStream};
 use chunked::ChunkedScanner;
 use head::{Framing, RequestFacts, UpstreamHead, MAX_HEADERS};
 pub use io::Rewind;
 
 /// A worker's idle upstream connections of the direct path.
-pub type IdleStreams = IdleUpstreams<TcpStream>;
+pub type IdleStreams = IdleUpstreams<UpstreamStream>;
 
 /// Bytes asked of the kernel per read.
 const READ_SIZE: usize = 16 * 1024;
@@ -170,6 +172,7 @@ struct ResponseStart {
     upstream_closes: bool,
     close_client: bool,
     kind: BodyKind,
+    encoding: Encoding,
 }
 
 struct DirectConnection {
@@ -177,7 +180,7 @@ struct DirectConnection {
     forwarded_for: String,
     client: TcpStream,
     client_buf: BytesMut,
-    upstream: Option<TcpStream>,
+    upstream: Option<UpstreamStream>,
     upstream_buf: BytesMut,
     /// The head being written (the upstream request's, then the client response's).
     out: Vec<u8>,
@@ -273,19 +276,19 @@ impl DirectConnection {
             }
             Ok(Err(ExchangeError::Upstream(error))) => {
                 record.event.status_code = Some(502);
-                record.emit(Some(Outcome::UpstreamUnreachable), Some(0), None);
                 let message = format!(
                     "the upstream {} could not be reached: {error}",
-                    self.forwarder.upstream_authority
+                    self.forwarder.upstream.authority
                 );
-                self.answer_error(
-                    502,
-                    "Bad Gateway",
-                    "upstream_unreachable",
-                    &message,
-                    !body_read,
-                )
-                .await
+                let body = json_error_body("upstream_unreachable", &message);
+                record.event.error = Some(error);
+                record.emit(
+                    Some(Outcome::UpstreamUnreachable),
+                    Some(body.len() as u64),
+                    None,
+                );
+                self.answer_error(502, "Bad Gateway", &body, !body_read)
+                    .await
             }
             Ok(Err(ExchangeError::ClientGone)) => {
                 record.emit(Some(Outcome::ClientAbort), None, None);
@@ -296,12 +299,15 @@ impl DirectConnection {
             }
             Err(_) => {
                 record.event.status_code = Some(504);
-                record.emit(Some(Outcome::Timeout), Some(0), None);
+                let timeout = self.forwarder.config.response_timeout;
                 let message = format!(
-                    "the upstream {} sent no response within {}",
-                    self.forwarder.upstream_authority, self.forwarder.config.response_timeout
+                    "the upstream {} sent no response within {timeout}",
+                    self.forwarder.upstream.authority
                 );
-                self.answer_error(504, "Gateway Timeout", "timeout", &message, !body_read)
+                let body = json_error_body("timeout", &message);
+                record.event.error = Some(format!("no response within {timeout}"));
+                record.emit(Some(Outcome::Timeout), Some(body.len() as u64), None);
+                self.answer_error(504, "Gateway Timeout", &body, !body_read)
                     .await
             }
         }
@@ -323,11 +329,14 @@ impl DirectConnection {
         prefix_limit: usize,
         facts: &RequestFacts,
         before_send: Option<Duration>,
-    ) -> Result<(ResponseStart, TcpStream), ExchangeError> {
+    ) -> Result<(ResponseStart, UpstreamStream), ExchangeError> {
         let replayable = matches!(body, BodyLeft::Done);
         let mut retried = false;
         loop {
-            let own = self.upstream.take().filter(|own| !own.is_closed());
+            let own = self
+                .upstream
+                .take()
+                .and_then(|mut own| (!own.is_closed()).then_some(own));
             let (mut upstream, reused) = match own.or_else(|| self.idle.take()) {
                 Some(upstream) => (upstream, true),
                 None => (self.connect().await?, false),
@@ -371,22 +380,28 @@ impl DirectConnection {
         }
     }
 
-    async fn connect(&self) -> Result<TcpStream, ExchangeError> {
-        let timeout = self.forwarder.config.connect_timeout.0;
-        let connecting = TcpStream::connect(self.forwarder.upstream_authority.as_str());
-        let stream = tokio::time::timeout(timeout, connecting)
-            .await
-            .map_err(|_| ExchangeError::Upstream(format!("connect timeout ({timeout:?})")))?
-            .map_err(|error| ExchangeError::Upstream(error.to_string()))?;
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
+    /// A new upstream connection carrying HTTP/1.1. Before the upstream's protocol is known
+    /// (`auto` over TLS) the handshake offers HTTP/2 too, and the upstream's choice is
+    /// remembered; should it choose HTTP/2, this call goes over a second connection offering
+    /// HTTP/1.1 only, and later calls are handed to hyper, which speaks HTTP/2.
+    async fn connect(&self) -> Result<UpstreamStream, ExchangeError> {
+        let upstream = &self.forwarder.upstream;
+        let refused =
+            |error: super::upstream::ConnectError| ExchangeError::Upstream(error.to_string());
+        if upstream.speaks() == Speaks::Unknown {
+            let stream = upstream.connect(Alpn::Negotiate).await.map_err(refused)?;
+            if !stream.negotiated_h2() {
+                return Ok(stream);
+            }
+        }
+        upstream.connect(Alpn::Http1).await.map_err(refused)
     }
 
     /// Reads the upstream's response head (informational responses skipped) and writes the
     /// client's response head into `out`.
     async fn read_response_head(
         &mut self,
-        upstream: &mut TcpStream,
+        upstream: &mut UpstreamStream,
         facts: &RequestFacts,
         before_send: Option<Duration>,
     ) -> Result<ResponseStart, HeadError> {
@@ -457,6 +472,8 @@ impl DirectConnection {
         let response_facts = head::response_facts(status, version, response.headers, facts.is_head)
             .map_err(|error| HeadError::Invalid(error.into()))?;
         let kind = BodyKind::from_content_type(head::find_header(response.headers, "content-type"));
+        let encoding =
+            Encoding::from_header(head::find_header(response.headers, "content-encoding"));
         let close_client = facts.close || response_facts.framing == Framing::UntilClose;
         let overhead = self
             .forwarder
@@ -489,6 +506,7 @@ impl DirectConnection {
             upstream_closes: response_facts.upstream_closes,
             close_client,
             kind,
+            encoding,
         }))
     }
 
@@ -498,9 +516,9 @@ impl DirectConnection {
         &mut self,
         record: Box<CallRecord>,
         start: ResponseStart,
-        mut upstream: TcpStream,
+        mut upstream: UpstreamStream,
     ) -> Next {
-        let mut observer = ResponseObserver::new(start.kind);
+        let mut observer = record.observer(start.kind, start.encoding);
         let mut left = match start.framing {
             Framing::Empty => ResponseLeft::Done,
             Framing::Length(length) => ResponseLeft::Length(length),
@@ -582,6 +600,14 @@ impl DirectConnection {
             };
             match read {
                 Ok(0) if matches!(left, ResponseLeft::UntilClose) => break,
+                // A TLS upstream that closes without close_notify, ending a body framed by
+                // the connection's end.
+                Err(error)
+                    if matches!(left, ResponseLeft::UntilClose)
+                        && error.kind() == std::io::ErrorKind::UnexpectedEof =>
+                {
+                    break
+                }
                 Ok(0) | Err(_) => {
                     // The upstream broke off mid-body.
                     record.emit(
@@ -606,17 +632,9 @@ impl DirectConnection {
         Next::Continue
     }
 
-    /// Answers a call the proxy could not forward with a JSON error; `close` when the rest of
-    /// the request was not read (the connection cannot carry another call).
-    async fn answer_error(
-        &mut self,
-        status: u16,
-        reason: &str,
-        kind: &str,
-        message: &str,
-        close: bool,
-    ) -> Next {
-        let body = json_error_body(kind, message);
+    /// Answers a call the proxy could not forward with a JSON error `body`; `close` when the
+    /// rest of the request was not read (the connection cannot carry another call).
+    async fn answer_error(&mut self, status: u16, reason: &str, body: &str, close: bool) -> Next {
         let head = format!(
             "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n",
             body.len(),
@@ -637,14 +655,11 @@ impl DirectConnection {
         error: chunked::ChunkError,
     ) -> Next {
         record.event.status_code = Some(400);
-        record
-            .event
-            .labels
-            .insert("proxy_error".to_string(), error.to_string());
-        record.emit(Some(Outcome::ClientError), Some(0), None);
+        record.event.error = Some(error.to_string());
         let message = format!("the request body's chunked framing is invalid: {error}");
-        self.answer_error(400, "Bad Request", "bad_request", &message, true)
-            .await
+        let body = json_error_body("bad_request", &message);
+        record.emit(Some(Outcome::ClientError), Some(body.len() as u64), None);
+        self.answer_error(400, "Bad Request", &body, true).await
     }
 
     /// Parses the request head in `client_buf` and writes the upstream request's head to `out`.
@@ -666,6 +681,10 @@ impl DirectConnection {
             return Parsed::HandOff;
         };
         let forwarder = &*self.forwarder;
+        if forwarder.upstream.speaks() == Speaks::Http2 {
+            // Learnt since the connection started: hyper speaks HTTP/2 upstream.
+            return Parsed::HandOff;
+        }
         let path = target.split_once('?').map_or(target, |(path, _)| path);
         let call = forwarder.start_call(method, path, |name| {
             head::find_header(headers, name.as_str())
@@ -689,7 +708,7 @@ impl DirectConnection {
             headers,
             facts.framing,
             &UpstreamHead {
-                base_path: &forwarder.upstream_base_path,
+                base_path: &forwarder.upstream.base_path,
                 host,
                 forwarded_for: self.forwarded_for.as_bytes(),
                 request_id: (!has_request_id)
