@@ -1,13 +1,20 @@
 //! Criterion benchmarks of the proxy's response observer on an LLM event stream (what it costs
 //! per streamed frame to find the first content token and the usage), with the way it read
-//! frames before — building a `serde_json::Value` of each — measured in the same run.
+//! frames before — building a `serde_json::Value` of each — measured in the same run; and on
+//! gzip-compressed bodies (a 64 KB JSON response and the same event stream), beside gunzipping
+//! alone, the floor for any observer that reads compressed bodies.
 
 use std::hint::black_box;
 use std::time::Duration;
 
+use std::io::Write;
+
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use sources::proxy::decode::Encoding;
 use sources::proxy::observe::{BodyKind, ResponseObserver};
+
+const DECODE_LIMIT: usize = 8 << 20;
 
 const CONTENT_FRAMES: usize = 200;
 
@@ -42,7 +49,11 @@ fn openai_stream() -> Vec<Bytes> {
 }
 
 fn observe(chunks: &[Bytes]) -> Option<u32> {
-    let mut observer = ResponseObserver::new(BodyKind::EventStream);
+    observe_as(chunks, BodyKind::EventStream, Encoding::Identity)
+}
+
+fn observe_as(chunks: &[Bytes], kind: BodyKind, encoding: Encoding) -> Option<u32> {
+    let mut observer = ResponseObserver::new(kind, encoding, DECODE_LIMIT);
     for (index, chunk) in chunks.iter().enumerate() {
         observer.feed(chunk, Duration::from_micros(index as u64));
     }
@@ -80,5 +91,76 @@ fn event_stream(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, event_stream);
+/// `chunks` gzip-compressed as a server streaming them does: each flushed, so it can be read
+/// as soon as it arrives; the compressed body cut into chunks of about `chunk` bytes when
+/// `chunk` is set (a whole body received in reads), else one compressed piece per chunk.
+fn gzipped(chunks: &[Bytes], chunk: Option<usize>) -> Vec<Bytes> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut pieces = Vec::new();
+    for data in chunks {
+        encoder.write_all(data).unwrap();
+        if chunk.is_none() {
+            encoder.flush().unwrap();
+            pieces.push(Bytes::from(std::mem::take(encoder.get_mut())));
+        }
+    }
+    let rest = encoder.finish().unwrap();
+    match chunk {
+        None => {
+            pieces.push(Bytes::from(rest));
+            pieces
+        }
+        Some(size) => rest.chunks(size).map(Bytes::copy_from_slice).collect(),
+    }
+}
+
+/// A 64 KB chat completion: long generated text, then the usage.
+fn json_64k() -> Bytes {
+    let words: String = (0..9000).map(|i| format!("w{} ", i % 97)).collect();
+    let text = &words[..64 * 1024 - 400];
+    Bytes::from(format!(
+        r#"{{"id":"chatcmpl-9x","object":"chat.completion","created":1732000000,"model":"gpt-4o-mini","choices":[{{"index":0,"message":{{"role":"assistant","content":"{text}"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":31,"completion_tokens":16000,"total_tokens":16031}}}}"#
+    ))
+}
+
+fn gunzip_only(chunks: &[Bytes]) -> usize {
+    let mut decoder = flate2::write::GzDecoder::new(Vec::new());
+    for chunk in chunks {
+        decoder.write_all(chunk).unwrap();
+    }
+    decoder.finish().unwrap().len()
+}
+
+fn compressed(c: &mut Criterion) {
+    let json = gzipped(&[json_64k()], Some(16 * 1024));
+    assert_eq!(
+        observe_as(&json, BodyKind::Json, Encoding::Gzip),
+        Some(16000),
+        "the observer reads a gzip body's usage"
+    );
+    let stream = gzipped(&openai_stream(), None);
+    assert_eq!(
+        observe_as(&stream, BodyKind::EventStream, Encoding::Gzip),
+        Some(200),
+        "the observer reads a gzip stream's usage"
+    );
+    let mut group = c.benchmark_group("observer, gzip");
+    group.throughput(Throughput::Bytes(64 * 1024));
+    group.bench_function("64 KB JSON: observer", |b| {
+        b.iter(|| observe_as(black_box(&json), BodyKind::Json, Encoding::Gzip))
+    });
+    group.bench_function("64 KB JSON: gunzip alone", |b| {
+        b.iter(|| gunzip_only(black_box(&json)))
+    });
+    group.throughput(Throughput::Elements(stream.len() as u64));
+    group.bench_function("openai stream, per frame: observer", |b| {
+        b.iter(|| observe_as(black_box(&stream), BodyKind::EventStream, Encoding::Gzip))
+    });
+    group.bench_function("openai stream, per frame: gunzip alone", |b| {
+        b.iter(|| gunzip_only(black_box(&stream)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, event_stream, compressed);
 criterion_main!(benches);

@@ -1,8 +1,12 @@
 //! Model and route recognition for proxied calls: KServe / Triton v2 paths
 //! (`/v2/models/{model}[/versions/{v}]/infer`), TF Serving paths
-//! (`/v1/models/{model}[/versions/{v}]:predict`), a configured header, a configured path regex
-//! with a named group `model`, and the OpenAI-style `model` field of a JSON body (read from a
-//! bounded prefix). Routes are reduced to templates (`/v1/users/123` → `/v1/users/{id}`) and
+//! (`/v1/models/{model}[/versions/{v}]:predict`), Gemini and Vertex AI paths
+//! (`/v1beta/models/{model}:generateContent`, `.../publishers/google/models/{model}:...`),
+//! Bedrock runtime paths (`/model/{model}/converse`), Azure OpenAI deployments
+//! (`/openai/deployments/{deployment}/...`, the deployment standing for the model unless the
+//! body names one), a configured header, a configured path regex with a named group `model`,
+//! and the OpenAI-style `model` field of a JSON body (read from a bounded prefix; OpenAI,
+//! Anthropic, Ollama, vLLM and TGI all name the model there). Routes are reduced to templates (`/v1/users/123` → `/v1/users/{id}`) and
 //! both models and routes are capped in number, with an `other` bucket beyond the cap, so a
 //! scanner cannot blow up cardinality.
 
@@ -106,16 +110,24 @@ pub struct Recognizer {
 }
 
 /// What the path alone says.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PathInfo {
     pub route: String,
     pub model: Option<String>,
+    /// A model the request body's `model` field, if any, replaces (an Azure deployment).
+    pub fallback_model: Option<String>,
 }
 
 impl Recognizer {
     /// Route template and (if the path carries one) model, from the path.
     pub fn from_path(&self, path: &str) -> PathInfo {
-        if let Some(info) = kserve(path).or_else(|| tf_serving(path)) {
+        if let Some(info) = kserve(path)
+            .or_else(|| gemini(path))
+            .or_else(|| tf_serving(path))
+            .or_else(|| vertex(path))
+            .or_else(|| bedrock(path))
+            .or_else(|| azure(path))
+        {
             return info;
         }
         let model = self
@@ -139,7 +151,11 @@ impl Recognizer {
                 .collect::<Vec<_>>()
                 .join("/"),
         };
-        PathInfo { route, model }
+        PathInfo {
+            route,
+            model,
+            fallback_model: None,
+        }
     }
 
     /// Applies the caps.
@@ -167,7 +183,133 @@ fn kserve(path: &str) -> Option<PathInfo> {
     Some(PathInfo {
         route,
         model: Some(model),
+        fallback_model: None,
     })
+}
+
+/// The Gemini API's methods on a model.
+const GEMINI_METHODS: [&str; 5] = [
+    "generateContent",
+    "streamGenerateContent",
+    "countTokens",
+    "embedContent",
+    "batchEmbedContents",
+];
+
+/// `/{v1,v1beta,v1alpha}/models/{model}:{method}` and `.../tunedModels/{model}:{method}`
+/// (the Gemini API).
+fn gemini(path: &str) -> Option<PathInfo> {
+    let rest = path.strip_prefix('/')?;
+    let (version, rest) = rest.split_once('/')?;
+    if !matches!(version, "v1" | "v1beta" | "v1alpha") {
+        return None;
+    }
+    let (collection, rest) = rest.split_once('/')?;
+    if !matches!(collection, "models" | "tunedModels") {
+        return None;
+    }
+    let (model, method) = rest.rsplit_once(':')?;
+    if model.is_empty() || model.contains('/') || !GEMINI_METHODS.contains(&method) {
+        return None;
+    }
+    Some(PathInfo {
+        route: format!("/{version}/{collection}/{{model}}:{method}"),
+        model: Some(model.to_string()),
+        fallback_model: None,
+    })
+}
+
+/// Vertex AI: `/{version}/projects/{p}/locations/{l}/publishers/{publisher}/models/{model}:{method}`.
+fn vertex(path: &str) -> Option<PathInfo> {
+    let parts: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
+    match parts.as_slice() {
+        [version, "projects", _, "locations", _, "publishers", publisher, "models", model_method]
+            if version.starts_with('v') =>
+        {
+            let (model, method) = model_method.rsplit_once(':')?;
+            (!model.is_empty()).then(|| PathInfo {
+                route: format!(
+                    "/{version}/projects/{{project}}/locations/{{location}}/publishers/{publisher}/models/{{model}}:{method}"
+                ),
+                model: Some(model.to_string()),
+                fallback_model: None,
+            })
+        }
+        [version, "projects", _, "locations", _, "endpoints", endpoint_method]
+            if version.starts_with('v') =>
+        {
+            let (endpoint, method) = endpoint_method.rsplit_once(':')?;
+            (!endpoint.is_empty()).then(|| PathInfo {
+                route: format!(
+                    "/{version}/projects/{{project}}/locations/{{location}}/endpoints/{{endpoint}}:{method}"
+                ),
+                model: Some(endpoint.to_string()),
+                fallback_model: None,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Amazon Bedrock's runtime: `/model/{model}/{invoke,converse,converse-stream,...}`, the
+/// model id percent-decoded (`...-v1%3A0` is `...-v1:0`).
+fn bedrock(path: &str) -> Option<PathInfo> {
+    let rest = path.strip_prefix("/model/")?;
+    let (model, action) = rest.split_once('/')?;
+    if model.is_empty()
+        || !matches!(
+            action,
+            "invoke" | "invoke-with-response-stream" | "converse" | "converse-stream"
+        )
+    {
+        return None;
+    }
+    Some(PathInfo {
+        route: format!("/model/{{model}}/{action}"),
+        model: Some(percent_decoded(model)),
+        fallback_model: None,
+    })
+}
+
+/// Azure OpenAI: `/openai/deployments/{deployment}/...`; the deployment stands for the model
+/// unless the request body names one.
+fn azure(path: &str) -> Option<PathInfo> {
+    let rest = path.strip_prefix("/openai/deployments/")?;
+    let (deployment, operation) = match rest.split_once('/') {
+        Some((deployment, operation)) => (deployment, format!("/{operation}")),
+        None => (rest, String::new()),
+    };
+    if deployment.is_empty() {
+        return None;
+    }
+    Some(PathInfo {
+        route: format!("/openai/deployments/{{deployment}}{operation}"),
+        model: None,
+        fallback_model: Some(percent_decoded(deployment)),
+    })
+}
+
+/// `%XX` escapes decoded; text that does not decode to UTF-8 is kept as written.
+fn percent_decoded(text: &str) -> String {
+    if !text.contains('%') {
+        return text.to_string();
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |at: usize| bytes.get(at).and_then(|b| (*b as char).to_digit(16));
+        if bytes[i] == b'%' {
+            if let (Some(high), Some(low)) = (hex(i + 1), hex(i + 2)) {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| text.to_string())
 }
 
 /// `/v1/models/{model}[/versions/{v}]:predict` (also `:classify`, `:regress`, metadata).
@@ -188,6 +330,7 @@ fn tf_serving(path: &str) -> Option<PathInfo> {
     Some(PathInfo {
         route,
         model: Some(model),
+        fallback_model: None,
     })
 }
 
@@ -283,7 +426,8 @@ mod tests {
             r.from_path("/v2/models/resnet-50/infer"),
             PathInfo {
                 route: "/v2/models/{model}/infer".into(),
-                model: Some("resnet-50".into())
+                model: Some("resnet-50".into()),
+                fallback_model: None,
             }
         );
         assert_eq!(
@@ -363,5 +507,50 @@ mod tests {
         );
         assert_eq!(model_from_json_prefix(b"{\"model\": \"a\nb\"}"), None);
         assert_eq!(model_from_json_prefix(b"not json"), None);
+    }
+
+    #[test]
+    fn provider_paths_give_their_model_and_route() {
+        let r = recognizer();
+        let gemini = r.from_path("/v1beta/models/gemini-2.0-flash:streamGenerateContent");
+        assert_eq!(gemini.route, "/v1beta/models/{model}:streamGenerateContent");
+        assert_eq!(gemini.model.as_deref(), Some("gemini-2.0-flash"));
+        assert_eq!(
+            r.from_path("/v1/models/gemini-pro:generateContent").route,
+            "/v1/models/{model}:generateContent"
+        );
+        let vertex = r.from_path(
+            "/v1/projects/my-proj/locations/us-central1/publishers/google/models/gemini-1.5-pro:generateContent",
+        );
+        assert_eq!(
+            vertex.route,
+            "/v1/projects/{project}/locations/{location}/publishers/google/models/{model}:generateContent"
+        );
+        assert_eq!(vertex.model.as_deref(), Some("gemini-1.5-pro"));
+        let bedrock = r.from_path("/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse");
+        assert_eq!(bedrock.route, "/model/{model}/converse");
+        assert_eq!(
+            bedrock.model.as_deref(),
+            Some("anthropic.claude-3-5-sonnet-20240620-v1:0")
+        );
+        let azure = r.from_path("/openai/deployments/prod-gpt4o/chat/completions");
+        assert_eq!(
+            azure.route,
+            "/openai/deployments/{deployment}/chat/completions"
+        );
+        assert_eq!(azure.model, None);
+        assert_eq!(azure.fallback_model.as_deref(), Some("prod-gpt4o"));
+        // OpenAI, Anthropic and Ollama paths keep their route; the body names the model.
+        for path in [
+            "/v1/responses",
+            "/v1/messages",
+            "/api/chat",
+            "/api/generate",
+            "/v1/embeddings",
+        ] {
+            let info = r.from_path(path);
+            assert_eq!((info.route.as_str(), info.model), (path, None));
+        }
+        assert_eq!(percent_decoded("a%3Ab%zz%4"), "a:b%zz%4");
     }
 }
