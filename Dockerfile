@@ -19,6 +19,7 @@ RUN apt-get update \
     && chown -R pipeline /var/lib/pipeline
 COPY --from=build /usr/local/bin/pipeline /usr/local/bin/pipeline
 COPY pipelines.toml /etc/pipeline/pipelines.toml
+COPY examples/prices /etc/pipeline/examples/prices
 USER pipeline
 WORKDIR /var/lib/pipeline
 ENV PIPELINE_CONFIG=/etc/pipeline/pipelines.toml \

@@ -13,7 +13,8 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float64Type, UInt16Type, UInt32Type};
 use arrow::record_batch::RecordBatch;
 use engine::schema::api_call::{
-    ENDPOINT, INPUT_TOKENS, LATENCY_MS, METHOD, MODEL, OUTCOME, OUTPUT_TOKENS, STATUS_CODE, TTFT_MS,
+    COST_USD, ENDPOINT, INPUT_TOKENS, LATENCY_MS, METHOD, MODEL, OUTCOME, OUTPUT_TOKENS,
+    STATUS_CODE, TTFT_MS,
 };
 
 /// OpenTelemetry's default buckets for `http.server.request.duration`, in seconds.
@@ -61,6 +62,10 @@ struct Families {
     duration: HashMap<Labels, Histogram>,
     ttft: HashMap<Labels, Histogram>,
     tokens: HashMap<Labels, u64>,
+    /// `(model, route)`: USD spent, from each call's `cost_usd`.
+    cost: HashMap<Labels, f64>,
+    /// `(model, route)`: calls that reported usage but carry no cost.
+    unpriced: HashMap<Labels, u64>,
     overflowed: u64,
 }
 
@@ -149,6 +154,26 @@ fn render_histograms(
     }
 }
 
+fn render_counters<V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label_names: &[&str],
+    family: &HashMap<Labels, V>,
+) {
+    if family.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    let mut series: Vec<_> = family.iter().collect();
+    series.sort_by(|a, b| a.0.cmp(b.0));
+    for (labels, value) in series {
+        let labels = label_text(label_names, labels);
+        let _ = writeln!(out, "{name}{{{labels}}} {value}");
+    }
+}
+
 impl CallMetrics {
     /// Counts every call of an `api_call` batch.
     pub fn record(&self, batch: &RecordBatch) {
@@ -157,6 +182,8 @@ impl CallMetrics {
             duration,
             ttft,
             tokens,
+            cost,
+            unpriced,
             overflowed,
         } = &mut *families;
         for row in 0..batch.num_rows() {
@@ -184,11 +211,27 @@ impl CallMetrics {
                 })
                 .observe(&TTFT_BUCKETS, first_token / 1000.0);
             }
+            let mut reported_usage = false;
             for (column, kind) in [(INPUT_TOKENS, "input"), (OUTPUT_TOKENS, "output")] {
                 if let Some(count) = number(batch, column, row) {
+                    reported_usage = true;
                     let labels = vec![model.clone(), route.clone(), kind.to_string()];
                     *capped(tokens, labels, overflowed, || 0) += count as u64;
                 }
+            }
+            match number(batch, COST_USD, row) {
+                Some(usd) => {
+                    *capped(cost, vec![model.clone(), route.clone()], overflowed, || 0.0) += usd
+                }
+                None if reported_usage => {
+                    *capped(
+                        unpriced,
+                        vec![model.clone(), route.clone()],
+                        overflowed,
+                        || 0,
+                    ) += 1
+                }
+                None => {}
             }
         }
     }
@@ -218,20 +261,27 @@ impl CallMetrics {
             &["model", "http_route"],
             &families.ttft,
         );
-        if !families.tokens.is_empty() {
-            let name = "gen_ai_client_token_usage_total";
-            let _ = writeln!(
-                out,
-                "# HELP {name} Tokens the model APIs reported (or the proxy counted), by type."
-            );
-            let _ = writeln!(out, "# TYPE {name} counter");
-            let mut series: Vec<_> = families.tokens.iter().collect();
-            series.sort();
-            for (labels, value) in series {
-                let labels = label_text(&["model", "http_route", "gen_ai_token_type"], labels);
-                let _ = writeln!(out, "{name}{{{labels}}} {value}");
-            }
-        }
+        render_counters(
+            out,
+            "gen_ai_client_token_usage_total",
+            "Tokens the model APIs reported (or the proxy counted), by type.",
+            &["model", "http_route", "gen_ai_token_type"],
+            &families.tokens,
+        );
+        render_counters(
+            out,
+            "gen_ai_server_cost_usd_total",
+            "USD spent on the model APIs, from each call's cost_usd (the price table).",
+            &["model", "http_route"],
+            &families.cost,
+        );
+        render_counters(
+            out,
+            "gen_ai_server_unpriced_calls_total",
+            "Calls that reported usage but whose model has no price: their spend is not in gen_ai_server_cost_usd_total.",
+            &["model", "http_route"],
+            &families.unpriced,
+        );
         let name = "pipeline_api_metrics_overflow_total";
         let _ = writeln!(
             out,
