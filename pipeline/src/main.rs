@@ -12,7 +12,7 @@ use pipeline::{commands, demo, query, receiver, status};
 
 /// mimalloc, not the system allocator: the proxy source builds each call's event on its own
 /// worker thread and the pipeline frees it on another, a pattern glibc's per-thread caches
-/// serve poorly (measured in the README's Performance section).
+/// serve poorly (measured in docs/performance.md).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

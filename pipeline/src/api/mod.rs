@@ -39,7 +39,7 @@ async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such endpoint; see the README's API section",
+        "no such endpoint; see docs/http-api.md",
     )
 }
 

@@ -5,7 +5,7 @@
 //! the source's `dropped` metric. Each worker thread builds its own Arrow batch of the events
 //! of the calls it served and hands whole batches over (at `batch_size` rows, every `linger`, and
 //! when the worker stops), so no per-event allocation crosses threads: handing each event over
-//! cost about 1.3 µs of CPU per call, 3 % of the proxy's throughput against nginx (README).
+//! cost about 1.3 µs of CPU per call, 3 % of the proxy's throughput against nginx (docs/performance.md).
 
 mod affinity;
 mod body;
