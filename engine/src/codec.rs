@@ -2,7 +2,10 @@
 //! (api_call rows in their documented JSON form, any other schema through arrow-json); a
 //! single-event message is therefore one plain JSON object. `arrow`: an Arrow IPC stream (schema
 //! then record batches), compact and cheap to decode. Decoding is strict: a body that is not
-//! entirely valid yields an error naming the line and field, and nothing from it is used.
+//! entirely valid yields an error naming the line and field, and nothing from it is used. That
+//! includes values no call can have: a negative or non-finite latency, TTFB, TTFT, tokens per
+//! second or cost, and a status code outside 100–599. An Arrow stream from an earlier version,
+//! without the columns added since, is read with those columns null.
 
 use std::io::Cursor;
 
@@ -12,7 +15,14 @@ use arrow::ipc::writer::StreamWriter;
 use arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 
-use crate::schema::api_call::{api_call_schema, batch_to_api_calls, ApiCall};
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, Float64Array, TimestampMicrosecondArray, UInt16Array,
+};
+
+use crate::schema::api_call::{
+    api_call_schema, batch_to_api_calls, ApiCall, COST_USD, LATENCY_MS, OUTPUT_TOKENS_PER_SECOND,
+    STATUS_CODE, TTFB_MS, TTFT_MS,
+};
 
 /// MIME type of a `json` body.
 pub const JSON_CONTENT_TYPE: &str = "application/x-ndjson";
@@ -50,6 +60,13 @@ pub enum CodecError {
     Arrow(String),
     #[error("the Arrow stream's schema is not api_call's: {0}")]
     SchemaMismatch(String),
+    #[error("event {event}: field `{field}` {problem}")]
+    Invalid {
+        /// 1-based position of the event in the message.
+        event: usize,
+        field: &'static str,
+        problem: String,
+    },
     #[error("encoding: {0}")]
     Encode(String),
 }
@@ -139,12 +156,145 @@ pub fn decode_api_calls(
         Some(JSON_CONTENT_TYPE) | Some("application/json") => false,
         _ => first == 0xFF,
     };
-    if arrow {
+    let decoded = if arrow {
         decode_arrow(body).map(DecodedCalls::Batches)
     } else if first == b'[' {
         decode_json_array(body).map(DecodedCalls::Rows)
     } else {
         decode_json_lines(body).map(DecodedCalls::Rows)
+    }?;
+    validate(&decoded)?;
+    Ok(decoded)
+}
+
+/// Checks every event of `decoded` for values no call can have.
+pub fn validate(decoded: &DecodedCalls) -> Result<(), CodecError> {
+    match decoded {
+        DecodedCalls::Rows(rows) => {
+            for (index, call) in rows.iter().enumerate() {
+                check_call(
+                    index + 1,
+                    &[
+                        (LATENCY_MS, Some(call.latency_ms)),
+                        (TTFB_MS, call.ttfb_ms),
+                        (TTFT_MS, call.ttft_ms),
+                        (OUTPUT_TOKENS_PER_SECOND, call.output_tokens_per_second),
+                        (COST_USD, call.cost_usd),
+                    ],
+                    call.status_code,
+                )?;
+            }
+        }
+        DecodedCalls::Batches(batches) => {
+            let mut offset = 0;
+            for batch in batches {
+                let floats: Vec<(&'static str, Option<&Float64Array>)> = [
+                    LATENCY_MS,
+                    TTFB_MS,
+                    TTFT_MS,
+                    OUTPUT_TOKENS_PER_SECOND,
+                    COST_USD,
+                ]
+                .into_iter()
+                .map(|name| {
+                    (
+                        name,
+                        batch
+                            .column_by_name(name)
+                            .and_then(|c| c.as_any().downcast_ref::<Float64Array>()),
+                    )
+                })
+                .collect();
+                let status = batch
+                    .column_by_name(STATUS_CODE)
+                    .and_then(|c| c.as_any().downcast_ref::<UInt16Array>());
+                for row in 0..batch.num_rows() {
+                    let value = |array: Option<&Float64Array>| {
+                        array.filter(|a| a.is_valid(row)).map(|a| a.value(row))
+                    };
+                    let values: Vec<(&'static str, Option<f64>)> = floats
+                        .iter()
+                        .map(|(name, array)| (*name, value(*array)))
+                        .collect();
+                    let status = status.filter(|s| s.is_valid(row)).map(|s| s.value(row));
+                    check_call(offset + row + 1, &values, status)?;
+                }
+                offset += batch.num_rows();
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_call(
+    event: usize,
+    durations: &[(&'static str, Option<f64>)],
+    status: Option<u16>,
+) -> Result<(), CodecError> {
+    for (field, value) in durations {
+        if let Some(value) = value {
+            if !value.is_finite() || *value < 0.0 {
+                return Err(CodecError::Invalid {
+                    event,
+                    field,
+                    problem: format!("is {value}; it must be a finite number, at least 0"),
+                });
+            }
+        }
+    }
+    if let Some(status) = status.filter(|s| !(100..=599).contains(s)) {
+        return Err(CodecError::Invalid {
+            event,
+            field: STATUS_CODE,
+            problem: format!("is {status}; an HTTP status code is 100 to 599"),
+        });
+    }
+    Ok(())
+}
+
+/// The events of `decoded` stamped after `limit` (µs since the epoch), taken out of it: what
+/// is left, and what was taken, in order.
+pub fn take_future(
+    decoded: DecodedCalls,
+    limit: i64,
+) -> Result<(DecodedCalls, Vec<ApiCall>), CodecError> {
+    match decoded {
+        DecodedCalls::Rows(rows) => {
+            let (future, kept): (Vec<ApiCall>, Vec<ApiCall>) =
+                rows.into_iter().partition(|call| call.event_time > limit);
+            Ok((DecodedCalls::Rows(kept), future))
+        }
+        DecodedCalls::Batches(batches) => {
+            let mut kept = Vec::with_capacity(batches.len());
+            let mut future = Vec::new();
+            for batch in batches {
+                let times = batch
+                    .column_by_name(crate::schema::api_call::EVENT_TIME)
+                    .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+                    .ok_or_else(|| CodecError::SchemaMismatch("no event_time column".into()))?;
+                if !times.iter().any(|t| t.is_some_and(|t| t > limit)) {
+                    kept.push(batch);
+                    continue;
+                }
+                let late: BooleanArray = times
+                    .iter()
+                    .map(|t| Some(t.is_some_and(|t| t > limit)))
+                    .collect();
+                let on_time =
+                    arrow::compute::not(&late).map_err(|e| CodecError::Arrow(e.to_string()))?;
+                let taken = arrow::compute::filter_record_batch(&batch, &late)
+                    .map_err(|e| CodecError::Arrow(e.to_string()))?;
+                future.extend(
+                    batch_to_api_calls(&taken).map_err(|e| CodecError::Arrow(e.to_string()))?,
+                );
+                let rest = arrow::compute::filter_record_batch(&batch, &on_time)
+                    .map_err(|e| CodecError::Arrow(e.to_string()))?;
+                if rest.num_rows() > 0 {
+                    kept.push(rest);
+                }
+            }
+            Ok((DecodedCalls::Batches(kept), future))
+        }
     }
 }
 
@@ -200,12 +350,19 @@ fn decode_arrow(body: &[u8]) -> Result<Vec<RecordBatch>, CodecError> {
     let reader = StreamReader::try_new(Cursor::new(body), None)
         .map_err(|e| CodecError::Arrow(e.to_string()))?;
     let expected = api_call_schema();
-    check_api_call_schema(reader.schema().as_ref(), expected.as_ref())?;
+    let present = check_api_call_schema(reader.schema().as_ref(), expected.as_ref())?;
     let mut batches = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| CodecError::Arrow(e.to_string()))?;
+        // An earlier version's stream lacks the columns added since: they are null.
+        let mut columns = batch.columns().to_vec();
+        for field in &expected.fields()[present..] {
+            columns.push(
+                arrow::array::new_null_array(field.data_type(), batch.num_rows()) as ArrayRef,
+            );
+        }
         // Re-label with the canonical schema (metadata differences are not errors).
-        let batch = RecordBatch::try_new(expected.clone(), batch.columns().to_vec())
+        let batch = RecordBatch::try_new(expected.clone(), columns)
             .map_err(|e| CodecError::SchemaMismatch(e.to_string()))?;
         batches.push(batch);
     }
@@ -215,8 +372,15 @@ fn decode_arrow(body: &[u8]) -> Result<Vec<RecordBatch>, CodecError> {
     Ok(batches)
 }
 
-fn check_api_call_schema(actual: &Schema, expected: &Schema) -> Result<(), CodecError> {
-    if actual.fields().len() != expected.fields().len() {
+/// Checks that `actual` is api_call's schema, or one of its earlier versions (a prefix of it
+/// whose missing columns are nullable); returns how many of its columns are present.
+fn check_api_call_schema(actual: &Schema, expected: &Schema) -> Result<usize, CodecError> {
+    let missing_nullable = expected
+        .fields()
+        .iter()
+        .skip(actual.fields().len())
+        .all(|field| field.is_nullable());
+    if actual.fields().len() > expected.fields().len() || !missing_nullable {
         return Err(CodecError::SchemaMismatch(format!(
             "{} columns, expected {}",
             actual.fields().len(),
@@ -234,11 +398,12 @@ fn check_api_call_schema(actual: &Schema, expected: &Schema) -> Result<(), Codec
             )));
         }
     }
-    Ok(())
+    Ok(actual.fields().len())
 }
 
 fn is_api_call_schema(schema: &Schema) -> bool {
-    check_api_call_schema(schema, api_call_schema().as_ref()).is_ok()
+    let expected = api_call_schema();
+    check_api_call_schema(schema, expected.as_ref()).is_ok_and(|n| n == expected.fields().len())
 }
 
 #[cfg(test)]
@@ -350,5 +515,70 @@ mod tests {
             r#"{"request_id":"r1","model":"gpt-4o"}"#,
             "{body}"
         );
+    }
+
+    #[test]
+    fn values_no_call_can_have_are_refused_with_the_field_named() {
+        let encoded =
+            |calls: &[ApiCall], encoding| encode(&api_calls_to_batch(calls), encoding).unwrap();
+        for encoding in [Encoding::Json, Encoding::Arrow] {
+            let mut negative = call(2);
+            negative.latency_ms = -5.0;
+            let error = decode_api_calls(&encoded(&[call(1), negative], encoding), None)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.starts_with("event 2: field `latency_ms` is -5"),
+                "{encoding:?}: {error}"
+            );
+            let mut status = call(1);
+            status.status_code = Some(42);
+            let error = decode_api_calls(&encoded(&[status], encoding), None)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("`status_code` is 42"), "{error}");
+            let mut cost = call(1);
+            cost.cost_usd = Some(-0.5);
+            assert!(decode_api_calls(&encoded(&[cost], encoding), None).is_err());
+        }
+        // Arrow can carry what JSON cannot: NaN and infinity.
+        let mut nan = call(1);
+        nan.ttft_ms = Some(f64::NAN);
+        let error = decode_api_calls(&encoded(&[nan], Encoding::Arrow), None)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("field `ttft_ms` is NaN"), "{error}");
+    }
+
+    #[test]
+    fn an_arrow_stream_of_the_earlier_schema_is_read_with_the_new_columns_null() {
+        let batch = api_calls_to_batch(&[call(1), call(2)]);
+        let old_fields = 19;
+        let old_schema =
+            std::sync::Arc::new(Schema::new(batch.schema().fields()[..old_fields].to_vec()));
+        let old = RecordBatch::try_new(old_schema, batch.columns()[..old_fields].to_vec()).unwrap();
+        let body = encode(&old, Encoding::Arrow).unwrap();
+        let DecodedCalls::Batches(batches) = decode_api_calls(&body, None).unwrap() else {
+            panic!("batches");
+        };
+        let rows = batch_to_api_calls(&batches[0]).unwrap();
+        assert_eq!(rows, vec![call(1), call(2)]);
+    }
+
+    #[test]
+    fn events_in_the_future_are_taken_out_of_either_form() {
+        let mut future = call(3);
+        future.event_time = 4_102_444_800_000_000; // 2100
+        let limit = 1_800_000_000_000_000;
+        let rows = DecodedCalls::Rows(vec![call(1), future.clone(), call(2)]);
+        let (kept, taken) = take_future(rows, limit).unwrap();
+        assert_eq!((kept.len(), taken.clone()), (2, vec![future.clone()]));
+        let batches = DecodedCalls::Batches(vec![api_calls_to_batch(&[
+            call(1),
+            future.clone(),
+            call(2),
+        ])]);
+        let (kept, taken) = take_future(batches, limit).unwrap();
+        assert_eq!((kept.len(), taken), (2, vec![future]));
     }
 }

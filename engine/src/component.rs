@@ -173,6 +173,11 @@ pub trait Operator: Send {
         Ok(())
     }
 
+    /// Whether every input's source is idle — has nothing to deliver, as opposed to being held
+    /// back (see `runtime::idle`) — from now on; called at the start and on every change. Event
+    /// time may advance by the wall clock only while it is.
+    fn on_inputs_idle(&mut self, _idle: bool) {}
+
     /// A checkpoint barrier has arrived on every input; everything before it was processed.
     /// State snapshots hook in here.
     fn on_barrier(&mut self, _barrier: Barrier) -> ComponentResult {
@@ -205,6 +210,10 @@ pub trait Operator: Send {
 pub struct CommitPlan {
     pub restored: u64,
     pub next: u64,
+    /// Identifies the line of checkpoints these ids belong to (the pipeline and where its
+    /// checkpoints are kept): two pipelines, or two instances with checkpoints of their own,
+    /// have different lineages whatever their ids.
+    pub lineage: u64,
 }
 
 /// Writes batches somewhere.

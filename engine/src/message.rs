@@ -1,5 +1,6 @@
 //! Messages that travel on the pipeline's channels: data as Arrow micro-batches, and the
-//! in-band control messages (watermarks, checkpoint barriers) that keep their order with it.
+//! in-band control messages (watermarks, checkpoint barriers, idleness) that keep their order
+//! with it.
 
 use arrow::record_batch::RecordBatch;
 
@@ -30,4 +31,7 @@ pub enum Message {
     Data(RecordBatch),
     Watermark(Watermark),
     Barrier(Barrier),
+    /// The input has nothing to deliver: its source is idle (not held back), so event time
+    /// may advance past it by the wall clock until data comes again.
+    Idle,
 }

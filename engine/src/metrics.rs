@@ -46,28 +46,49 @@ pub struct ComponentMetrics {
     pub checkpoints_acked: AtomicU64,
     /// Its connection to an outside system: 0 none or not yet known, 1 up, 2 down.
     connection: AtomicU8,
-    /// Counters and gauges specific to the component type, in registration order.
-    named: Mutex<Vec<(&'static str, Arc<AtomicU64>)>>,
+    /// Counters and gauges specific to the component type, in registration order (`true`:
+    /// a gauge).
+    named: Mutex<Vec<(&'static str, Arc<AtomicU64>, bool)>>,
 }
 
 impl ComponentMetrics {
-    /// The component's own counter (or gauge) called `name`, created at zero on first use.
+    /// The component's own counter called `name` (it only grows), created at zero on first use.
     pub fn named(&self, name: &'static str) -> Arc<AtomicU64> {
+        self.register_named(name, false)
+    }
+
+    /// The component's own gauge called `name` (a level: unacknowledged deliveries, keys
+    /// held), created at zero on first use.
+    pub fn gauge(&self, name: &'static str) -> Arc<AtomicU64> {
+        self.register_named(name, true)
+    }
+
+    fn register_named(&self, name: &'static str, gauge: bool) -> Arc<AtomicU64> {
         let mut named = self.named.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, counter)) = named.iter().find(|(n, _)| *n == name) {
+        if let Some((_, counter, _)) = named.iter().find(|(n, _, _)| *n == name) {
             return counter.clone();
         }
         let counter = Arc::new(AtomicU64::new(0));
-        named.push((name, counter.clone()));
+        named.push((name, counter.clone(), gauge));
         counter
     }
 
-    /// The current values of the component's own counters.
+    /// The current values of the component's own counters and gauges.
     pub fn named_values(&self) -> IndexMap<String, u64> {
         let named = self.named.lock().unwrap_or_else(|e| e.into_inner());
         named
             .iter()
-            .map(|(name, counter)| (name.to_string(), counter.load(Ordering::Relaxed)))
+            .map(|(name, counter, _)| (name.to_string(), counter.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// The names of the component's own gauges.
+    pub fn gauge_names(&self) -> Vec<String> {
+        let named = self.named.lock().unwrap_or_else(|e| e.into_inner());
+        named
+            .iter()
+            .filter(|(_, _, gauge)| *gauge)
+            .map(|(name, _, _)| name.to_string())
             .collect()
     }
 
@@ -158,9 +179,12 @@ pub struct ComponentReport {
     pub component_type: String,
     #[serde(flatten)]
     pub metrics: MetricsSnapshot,
-    /// Counters specific to the component type.
+    /// Counters and gauges specific to the component type.
     #[serde(skip_serializing_if = "IndexMap::is_empty")]
     pub counters: IndexMap<String, u64>,
+    /// Which of `counters` are gauges (levels, not totals).
+    #[serde(skip)]
+    pub gauges: Vec<String>,
 }
 
 /// A registered component: its kind, its type name, and its counters.
@@ -224,6 +248,7 @@ impl MetricsRegistry {
                 component_type: component_type.clone(),
                 metrics: metrics.snapshot(),
                 counters: metrics.named_values(),
+                gauges: metrics.gauge_names(),
             })
             .collect()
     }

@@ -1,18 +1,17 @@
 //! A component's inputs merged into one ordered stream of events: data from any input, the
-//! combined watermark (minimum over active inputs; an input idle for longer than the idle
-//! timeout stops holding it back), and checkpoint barriers aligned across inputs (an input that
-//! has delivered barrier N is not read again until every input has, so the barrier cuts the
-//! stream consistently).
+//! combined watermark (minimum over active inputs; an input whose source said it is idle —
+//! has nothing to deliver, see `runtime::idle` — stops holding it back until it delivers data
+//! again; a quiet input that is held back, by backpressure or a backlog, holds it), and
+//! checkpoint barriers aligned across inputs (an input that has delivered barrier N is not
+//! read again until every input has, so the barrier cuts the stream consistently).
 
 use std::future::poll_fn;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use crate::message::{Barrier, Message, Watermark};
 use crate::metrics::ComponentMetrics;
@@ -35,7 +34,8 @@ struct InputState {
     /// Delivered the pending barrier; not read until alignment completes.
     blocked: bool,
     watermark: Option<i64>,
-    last_active: Instant,
+    /// Its source has nothing to deliver (an idle marker, and no data since).
+    idle: bool,
 }
 
 /// The merged inputs of one operator or sink.
@@ -44,17 +44,11 @@ pub struct InputSet {
     pending_barrier: Option<Barrier>,
     combined: Option<i64>,
     next_start: usize,
-    idle_timeout: Duration,
     metrics: Arc<ComponentMetrics>,
 }
 
 impl InputSet {
-    pub fn new(
-        receivers: Vec<mpsc::Receiver<Message>>,
-        idle_timeout: Duration,
-        metrics: Arc<ComponentMetrics>,
-    ) -> Self {
-        let now = Instant::now();
+    pub fn new(receivers: Vec<mpsc::Receiver<Message>>, metrics: Arc<ComponentMetrics>) -> Self {
         Self {
             inputs: receivers
                 .into_iter()
@@ -63,13 +57,12 @@ impl InputSet {
                     open: true,
                     blocked: false,
                     watermark: None,
-                    last_active: now,
+                    idle: false,
                 })
                 .collect(),
             pending_barrier: None,
             combined: None,
             next_start: 0,
-            idle_timeout,
             metrics,
         }
     }
@@ -91,11 +84,17 @@ impl InputSet {
                 continue;
             };
             self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-            self.inputs[index].last_active = Instant::now();
             match message {
                 Message::Data(batch) => {
+                    self.inputs[index].idle = false;
                     self.metrics.record_in(batch.num_rows());
                     return InputEvent::Data(index, batch);
+                }
+                Message::Idle => {
+                    self.inputs[index].idle = true;
+                    if let Some(watermark) = self.advance_watermark() {
+                        return InputEvent::Watermark(watermark);
+                    }
                 }
                 Message::Watermark(Watermark(micros)) => {
                     let input = &mut self.inputs[index];
@@ -117,9 +116,11 @@ impl InputSet {
         }
     }
 
-    /// Re-evaluates idleness; returns the combined watermark if it advanced.
-    pub fn on_tick(&mut self) -> Option<Watermark> {
-        self.advance_watermark()
+    /// Whether every open input's source is idle (nothing to deliver): only then may event
+    /// time advance by the wall clock. `false` without inputs.
+    pub fn all_idle(&self) -> bool {
+        let mut open = self.inputs.iter().filter(|i| i.open).peekable();
+        open.peek().is_some() && open.all(|i| i.idle)
     }
 
     /// The current combined watermark.
@@ -140,18 +141,17 @@ impl InputSet {
     }
 
     fn advance_watermark(&mut self) -> Option<Watermark> {
-        let now = Instant::now();
         let candidates = self
             .inputs
             .iter()
             .filter(|i| i.open && i.watermark.is_some());
         let active: Vec<i64> = candidates
             .clone()
-            .filter(|i| now.duration_since(i.last_active) < self.idle_timeout)
+            .filter(|i| !i.idle)
             .filter_map(|i| i.watermark)
             .collect();
         let minimum = if active.is_empty() {
-            // Every input with a watermark is idle (or closed): the furthest one leads.
+            // Every input with a watermark is idle: the furthest one leads.
             candidates.filter_map(|i| i.watermark).max()
         } else {
             active.into_iter().min()
@@ -225,11 +225,7 @@ mod tests {
     async fn barriers_align_across_inputs_and_block_the_early_input() {
         let (tx_a, rx_a) = mpsc::channel(8);
         let (tx_b, rx_b) = mpsc::channel(8);
-        let mut inputs = InputSet::new(
-            vec![rx_a, rx_b],
-            Duration::from_secs(10),
-            ComponentMetrics::new(),
-        );
+        let mut inputs = InputSet::new(vec![rx_a, rx_b], ComponentMetrics::new());
         tx_a.send(Message::Barrier(barrier(1))).await.unwrap();
         tx_a.send(Message::Data(batch(3))).await.unwrap(); // after the barrier on input a
         tx_b.send(Message::Data(batch(2))).await.unwrap(); // before the barrier on input b
@@ -259,11 +255,7 @@ mod tests {
     async fn combined_watermark_is_the_minimum_of_inputs() {
         let (tx_a, rx_a) = mpsc::channel(8);
         let (tx_b, rx_b) = mpsc::channel(8);
-        let mut inputs = InputSet::new(
-            vec![rx_a, rx_b],
-            Duration::from_secs(10),
-            ComponentMetrics::new(),
-        );
+        let mut inputs = InputSet::new(vec![rx_a, rx_b], ComponentMetrics::new());
         tx_a.send(Message::Watermark(Watermark(100))).await.unwrap();
         tx_b.send(Message::Watermark(Watermark(50))).await.unwrap();
         tx_a.send(Message::Watermark(Watermark(200))).await.unwrap();
@@ -281,29 +273,35 @@ mod tests {
         assert_eq!(inputs.watermark(), Some(Watermark(150)));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn an_idle_input_stops_holding_the_watermark_back() {
+    #[tokio::test]
+    async fn an_idle_input_stops_holding_the_watermark_back_and_a_quiet_one_does_not() {
         let (tx_a, rx_a) = mpsc::channel(8);
         let (tx_b, rx_b) = mpsc::channel(8);
-        let mut inputs = InputSet::new(
-            vec![rx_a, rx_b],
-            Duration::from_secs(5),
-            ComponentMetrics::new(),
-        );
+        let mut inputs = InputSet::new(vec![rx_a, rx_b], ComponentMetrics::new());
         tx_b.send(Message::Watermark(Watermark(10))).await.unwrap();
         assert!(matches!(
             inputs.next().await,
             InputEvent::Watermark(Watermark(10))
         ));
-        tokio::time::advance(Duration::from_secs(6)).await;
+        // b is quiet (held back, say) but not idle: a's progress does not pass it.
         tx_a.send(Message::Watermark(Watermark(1_000)))
             .await
             .unwrap();
-        // b has been silent for 6 s > 5 s idle timeout: a alone decides.
+        tx_a.send(Message::Data(batch(1))).await.unwrap();
+        assert!(matches!(inputs.next().await, InputEvent::Data(0, _)));
+        assert_eq!(inputs.watermark(), Some(Watermark(10)));
+        assert!(!inputs.all_idle());
+        // b's source says it is idle: a alone decides.
+        tx_b.send(Message::Idle).await.unwrap();
         assert!(matches!(
             inputs.next().await,
             InputEvent::Watermark(Watermark(1_000))
         ));
+        assert!(!inputs.all_idle(), "a is not idle");
+        tx_a.send(Message::Idle).await.unwrap();
+        tx_b.send(Message::Data(batch(1))).await.unwrap();
+        assert!(matches!(inputs.next().await, InputEvent::Data(1, _)));
+        assert!(!inputs.all_idle(), "b's data ends its idleness");
         drop(tx_a);
         drop(tx_b);
     }

@@ -4,6 +4,7 @@
 //! closes its sinks as its inputs end).
 
 mod checkpoint;
+pub mod idle;
 pub mod input;
 pub mod output;
 mod restore;
@@ -338,9 +339,11 @@ impl BuiltPipeline {
         let mut barrier_senders = Vec::new();
         let mut participants = Vec::new();
         let mut ready = Vec::new();
+        let mut idle_watchers = Vec::new();
+        let idle_timeout = settings.idle_timeout.0;
         let tick = settings.tick_interval.0.max(Duration::from_millis(1));
         for ((node, output), inputs) in self.nodes.into_iter().zip(outputs).zip(receivers) {
-            let input_set = InputSet::new(inputs, settings.idle_timeout.0, node.metrics.clone());
+            let input_set = InputSet::new(inputs, node.metrics.clone());
             let mut register = |stateful: bool| {
                 participants.push(checkpoint::Participant {
                     id: node.id.clone(),
@@ -352,6 +355,9 @@ impl BuiltPipeline {
             };
             let task = match node.component {
                 BuiltComponent::Source(source) => {
+                    if output.is_connected() {
+                        idle_watchers.push((output.activity.clone(), output.weak_edges()));
+                    }
                     let reporter = source.saves_state().then(|| register(true));
                     let (barrier_tx, barrier_rx) = mpsc::channel(4);
                     barrier_senders.push(barrier_tx);
@@ -419,9 +425,17 @@ impl BuiltPipeline {
                     .restored
                     .store(restored_id, std::sync::atomic::Ordering::Relaxed);
             }
+            let lineage = crc32fast::hash(
+                format!(
+                    "{name}\u{0}{}",
+                    settings.checkpoint_dir.as_deref().unwrap_or_default()
+                )
+                .as_bytes(),
+            );
             let plan = store.as_ref().map(|_| CommitPlan {
                 restored: restored_id,
                 next: first_id,
+                lineage: u64::from(lineage),
             });
             completed_tx.send_replace(restored_id);
             let coordinator = checkpoint::Coordinator::new(
@@ -508,6 +522,9 @@ impl BuiltPipeline {
                         });
                     }
                 }
+            }
+            for (activity, edges) in idle_watchers {
+                tokio::spawn(idle::watch(activity, edges, idle_timeout));
             }
             states.report_unused();
             let coordinator_stop = CancellationToken::new();

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use crate::component::{ComponentError, ComponentResult};
 use crate::message::Message;
 use crate::metrics::ComponentMetrics;
+use crate::runtime::idle::Activity;
 
 /// One downstream input channel.
 pub(crate) struct Edge {
@@ -31,6 +32,8 @@ pub enum TrySendOutcome {
 pub struct Output {
     pub(crate) ports: Vec<Vec<Edge>>,
     pub(crate) metrics: Arc<ComponentMetrics>,
+    /// For a source: when it last sent data and whether it is held back (see `idle`).
+    pub(crate) activity: Arc<Activity>,
 }
 
 impl Output {
@@ -39,7 +42,23 @@ impl Output {
         Self {
             ports: (0..ports.max(1)).map(|_| Vec::new()).collect(),
             metrics,
+            activity: Arc::default(),
         }
+    }
+
+    /// The source's activity: a source with work it cannot deliver yet says so here, so that
+    /// it is not taken for idle (see [`Activity::set_busy`]).
+    pub fn activity(&self) -> &Activity {
+        &self.activity
+    }
+
+    /// Weak handles on every downstream channel, for the idle watcher.
+    pub(crate) fn weak_edges(&self) -> Vec<tokio::sync::mpsc::WeakSender<Message>> {
+        self.ports
+            .iter()
+            .flatten()
+            .map(|edge| edge.tx.downgrade())
+            .collect()
     }
 
     /// Connects a new channel to `port` and returns its receiving end.
@@ -73,6 +92,7 @@ impl Output {
         if edges.is_empty() {
             return Ok(());
         }
+        let _sending = self.activity.sending();
         if let Err(error) = send_all(edges, Message::Data(batch)).await {
             // Delivered nowhere: the rows are dropped, and counted as such.
             self.metrics.add_dropped(rows as u64);

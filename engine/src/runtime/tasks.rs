@@ -36,6 +36,8 @@ pub(crate) async fn run_operator(
     let mut collector = Collector::default();
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut idle = inputs.all_idle();
+    operator.on_inputs_idle(idle);
     loop {
         tokio::select! {
             biased;
@@ -56,14 +58,18 @@ pub(crate) async fn run_operator(
                     return Ok(());
                 }
             },
-            _ = ticker.tick() => {
-                if let Some(watermark) = inputs.on_tick() {
-                    operator.on_watermark(watermark, &mut collector)?;
-                }
-                operator.on_tick(now_micros(), &mut collector)?;
-            }
+            _ = ticker.tick() => operator.on_tick(now_micros(), &mut collector)?,
         }
         drain(&mut collector, &mut output).await?;
+        // Idleness passes downstream with the data before it: when every input of this
+        // operator is idle, so is its output.
+        if inputs.all_idle() != idle {
+            idle = !idle;
+            operator.on_inputs_idle(idle);
+            if idle {
+                output.send_control(Message::Idle).await?;
+            }
+        }
     }
 }
 
@@ -119,12 +125,7 @@ pub(crate) async fn run_sink(
                 let id = *completed.borrow_and_update();
                 sink.commit(id).await?;
             }
-            _ = ticker.tick() => {
-                if let Some(watermark) = inputs.on_tick() {
-                    sink.on_watermark(watermark).await?;
-                }
-                sink.on_tick().await?;
-            }
+            _ = ticker.tick() => sink.on_tick().await?,
         }
     }
 }

@@ -27,6 +27,10 @@ pub const REASONING_TOKENS: &str = "reasoning_tokens";
 pub const COST_USD: &str = "cost_usd";
 /// Calls that reported usage but whose model has no price (their cost is not in `cost_usd`).
 pub const UNPRICED_CALLS: &str = "unpriced_calls";
+/// The window covers less than its length: the stream began inside it, or ended before it did.
+pub const PARTIAL: &str = "partial";
+/// The seconds of the window the stream covered (`rate_per_sec` is `count` over this).
+pub const COVERED_SECONDS: &str = "covered_seconds";
 pub const REVISION: &str = "revision";
 
 /// `0.99` → `p99`, `0.999` → `p99_9`, `0.5` → `p50`.
@@ -88,6 +92,8 @@ pub fn window_metrics_schema(key_fields: &[FieldRef], quantiles: &[f64]) -> Sche
         Field::new(REASONING_TOKENS, DataType::UInt64, false),
         Field::new(COST_USD, DataType::Float64, true),
         Field::new(UNPRICED_CALLS, DataType::UInt64, false),
+        Field::new(PARTIAL, DataType::Boolean, false),
+        Field::new(COVERED_SECONDS, DataType::Float64, false),
         Field::new(REVISION, DataType::UInt32, false),
     ]);
     Arc::new(Schema::new(fields))

@@ -1,6 +1,8 @@
 //! `GET /metrics`: the pipeline's own metrics in the Prometheus text format (version 0.0.4):
 //! per pipeline checkpoints started / completed and the last one's duration; per component rows
-//! received / sent, errors, drops, late rows, queue depth, watermark lag, checkpoints, and each component's own counters (retries, rejected, ...); then the monitored
+//! received / sent, errors, drops, late rows, queue depth, watermark lag, checkpoints, and each
+//! component's own counters and gauges as families of their own (`pipeline_component_retries_total`,
+//! `pipeline_component_future_events_total`, `pipeline_component_unacked`, ...); then the monitored
 //! APIs' metrics (see [`super::call_metrics`]).
 
 use std::fmt::Write;
@@ -22,18 +24,18 @@ pub(crate) fn escape(value: &str) -> String {
 }
 
 struct Family {
-    name: &'static str,
+    name: String,
     kind: &'static str,
-    help: &'static str,
+    help: String,
     samples: Vec<(String, f64)>,
 }
 
 impl Family {
-    fn new(name: &'static str, kind: &'static str, help: &'static str) -> Self {
+    fn new(name: impl Into<String>, kind: &'static str, help: impl Into<String>) -> Self {
         Self {
-            name,
+            name: name.into(),
             kind,
-            help,
+            help: help.into(),
             samples: Vec::new(),
         }
     }
@@ -92,11 +94,9 @@ pub fn render(state: &AppState) -> String {
         "counter",
         "Checkpoint barriers the component acknowledged.",
     );
-    let mut counters = Family::new(
-        "pipeline_component_counter_total",
-        "counter",
-        "A component's own counters, by name.",
-    );
+    // Each component type's own counters and gauges, one family each (a counter named
+    // `retries` is `pipeline_component_retries_total`).
+    let mut own: std::collections::BTreeMap<String, Family> = std::collections::BTreeMap::new();
     let mut up = Family::new(
         "pipeline_running",
         "gauge",
@@ -182,10 +182,23 @@ pub fn render(state: &AppState) -> String {
                 lag.samples.push((labels.clone(), seconds));
             }
             for (name, value) in &report.counters {
-                counters.samples.push((
-                    format!("{labels},counter=\"{}\"", escape(name)),
-                    *value as f64,
-                ));
+                let gauge = report.gauges.contains(name);
+                let family_name = if gauge {
+                    format!("pipeline_component_{name}")
+                } else {
+                    format!("pipeline_component_{name}_total")
+                };
+                own.entry(family_name.clone())
+                    .or_insert_with(|| {
+                        let kind = if gauge { "gauge" } else { "counter" };
+                        Family::new(
+                            family_name,
+                            kind,
+                            format!("A component's own {kind}: {}.", name.replace('_', " ")),
+                        )
+                    })
+                    .samples
+                    .push((labels.clone(), *value as f64));
             }
         }
     }
@@ -206,8 +219,10 @@ pub fn render(state: &AppState) -> String {
         &queue,
         &lag,
         &checkpoints,
-        &counters,
     ] {
+        family.render(&mut out);
+    }
+    for family in own.values() {
         family.render(&mut out);
     }
     state.live.calls.render(&mut out);
