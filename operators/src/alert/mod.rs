@@ -78,6 +78,8 @@ pub struct AlertOperator {
     time_column: usize,
     max_keys: usize,
     keys: HashMap<String, KeyAlerts>,
+    /// Keys forgotten to stay within `max_keys`.
+    evicted: Arc<std::sync::atomic::AtomicU64>,
     sequence: u64,
 }
 
@@ -94,10 +96,11 @@ fn build_operator(
 ) -> Result<(AlertOperator, Vec<OutputPort>), ConfigError> {
     let config: AlertConfig = ctx.spec.settings()?;
     let input = ctx.input_schema()?;
-    let operator = AlertOperator::new(&config, &input).map_err(|(path, message)| {
+    let mut operator = AlertOperator::new(&config, &input).map_err(|(path, message)| {
         let parts: Vec<&str> = path.iter().map(String::as_str).collect();
         ctx.spec.error_at_path(&parts, message)
     })?;
+    operator.evicted = ctx.metrics.named("keys_evicted");
     Ok((operator, vec![OutputPort::default_port(alert_schema())]))
 }
 
@@ -156,6 +159,7 @@ impl AlertOperator {
             key_names,
             time_column,
             max_keys: config.max_keys,
+            evicted: Arc::default(),
             keys: HashMap::new(),
             sequence: 0,
         })
@@ -173,19 +177,36 @@ impl AlertOperator {
         self.keys.len()
     }
 
+    /// Forgets the least recently touched tenth of the keys (at least one), those without an
+    /// active alert first: a stream of ever new keys costs one pass over the keys per tenth
+    /// of `max_keys` new ones.
     fn make_room(&mut self) {
-        let victim = self
+        let count = (self.max_keys / 10).max(1).min(self.keys.len());
+        if count == 0 {
+            return;
+        }
+        // Inactive keys sort before active ones, each by when they were last touched.
+        let mut order: Vec<(bool, u64)> = self
             .keys
-            .iter()
-            .filter(|(_, k)| !k.any_active())
-            .min_by_key(|(_, k)| k.touched)
-            .or_else(|| self.keys.iter().min_by_key(|(_, k)| k.touched))
-            .map(|(key, k)| (key.clone(), k.any_active()));
-        if let Some((key, active)) = victim {
-            if active {
-                tracing::warn!(key = %key, "alert key limit reached: forgetting a key with an active alert (raise max_keys)");
+            .values()
+            .map(|k| (k.any_active(), k.touched))
+            .collect();
+        let (_, &mut cutoff, _) = order.select_nth_unstable(count - 1);
+        let before = self.keys.len();
+        let mut active_forgotten = 0;
+        self.keys.retain(|_, k| {
+            let keep = (k.any_active(), k.touched) > cutoff;
+            if !keep && k.any_active() {
+                active_forgotten += 1;
             }
-            self.keys.remove(&key);
+            keep
+        });
+        self.evicted.fetch_add(
+            (before - self.keys.len()) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if active_forgotten > 0 {
+            tracing::warn!(forgotten = active_forgotten, max_keys = self.max_keys, key = ?self.key_names, "alert key limit reached: forgetting keys with an active alert (raise max_keys)");
         }
     }
 
@@ -245,15 +266,20 @@ impl AlertOperator {
                 return Err(ComponentError::other("alert state for a key vanished"));
             };
             entry.touched = self.sequence;
+            // An absence ends with this row: its value is how long the silence lasted.
+            let silence = Some(at.saturating_sub(entry.last_seen).max(0) as f64 / 1e6);
             entry.last_seen = entry.last_seen.max(at);
             for (r, rule) in self.rules.iter().enumerate() {
                 let holds = masks[r]
                     .as_ref()
                     .is_some_and(|m| m.is_valid(row) && m.value(row));
-                let value = values[r].as_ref().and_then(|v| {
-                    let v = v.as_primitive::<Float64Type>();
-                    v.is_valid(row).then(|| v.value(row))
-                });
+                let value = match rule.check {
+                    Check::Absent { .. } => silence,
+                    Check::Condition(_) => values[r].as_ref().and_then(|v| {
+                        let v = v.as_primitive::<Float64Type>();
+                        v.is_valid(row).then(|| v.value(row))
+                    }),
+                };
                 if let Some(change) = entry.trackers[r].evaluate(rule.timing, holds, at, value) {
                     notifications.push(notification(
                         rule,

@@ -98,13 +98,13 @@ impl Tracker {
                 Phase::Inactive => None,
                 // A pending alert that clears never fired: reported as resolved without a
                 // `fired_at`, so live views drop it and notifiers can ignore it.
-                Phase::Pending => self.resolve(at),
+                Phase::Pending => self.resolve(at, value),
                 Phase::Firing
                     if at.saturating_sub(self.last_true_at) < timing.keep_firing_for_micros =>
                 {
                     None
                 }
-                Phase::Firing => self.resolve(at),
+                Phase::Firing => self.resolve(at, value),
             }
         }
     }
@@ -115,8 +115,11 @@ impl Tracker {
         Some(self.change(AlertState::Firing, None))
     }
 
-    fn resolve(&mut self, at: i64) -> Option<Change> {
+    /// The alert clears at `at`; its value becomes the one that cleared it (what a resolved
+    /// notification quotes), not the last one that held.
+    fn resolve(&mut self, at: i64, value: Option<f64>) -> Option<Change> {
         self.phase = Phase::Inactive;
+        self.value = value;
         Some(self.change(AlertState::Resolved, Some(at)))
     }
 

@@ -150,6 +150,12 @@ fn a_threshold_goes_pending_then_fires_after_for_then_resolves() {
     let ids: std::collections::HashSet<_> = out.iter().map(|n| &n.notification_id).collect();
     assert_eq!(ids.len(), 3);
     assert_eq!(out[2].resolved_at, Some(6 * MINUTE));
+    // The resolved notification quotes the value that resolved it, not the last one over.
+    assert_eq!(out[2].value, Some(300.0));
+    assert_eq!(
+        out[2].annotations["summary"],
+        "p99 latency of gpt-4o /v1/chat/completions is 300 ms"
+    );
     assert!(out[1].is_news() && out[2].is_news() && !out[0].is_news());
     assert_eq!(op.active_count(), 0);
 }
@@ -242,6 +248,10 @@ condition = "anomaly.p95_latency_ms OR p99_latency_ms > 5000"
         latency[0].annotations["summary"],
         "p95 of llama is unusual: 720 ms"
     );
+    assert_eq!(
+        latency[1].annotations["summary"], "p95 of llama is unusual: 80 ms",
+        "resolved with the value back in its band"
+    );
     let combined: Vec<_> = out
         .iter()
         .filter(|n| n.rule == "AnomalyOrSlow")
@@ -283,6 +293,10 @@ annotations = { summary = "no calls to {{model}} for {{value}} s" }
         .evaluate(&batch(&[row(10, "a", 10.0)]))
         .expect("evaluates");
     assert_eq!(states(&back), vec![(11, "a", AlertState::Resolved)]);
+    assert_eq!(
+        back[0].annotations["summary"], "no calls to a for 480 s",
+        "a resolved absence quotes the whole silence, from minute 3 to minute 11"
+    );
     // Through the operator interface: the end of the input is not a silence.
     let mut out = Collector::default();
     op.on_watermark(Watermark::END, &mut out)

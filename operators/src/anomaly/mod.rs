@@ -82,15 +82,19 @@ pub struct AnomalyOperator {
     keys: HashMap<String, KeyEntry>,
     sequence: u64,
     schema: SchemaRef,
+    /// Keys forgotten to stay within `max_keys`.
+    evicted: Arc<std::sync::atomic::AtomicU64>,
+    warned_at: Option<std::time::Instant>,
 }
 
 pub fn build(ctx: &BuildContext<'_, '_>) -> Result<BuiltOperator, ConfigError> {
     let config: AnomalyConfig = ctx.spec.settings()?;
     let input = ctx.input_schema()?;
-    let operator = AnomalyOperator::new(&config, &input).map_err(|(path, message)| {
+    let mut operator = AnomalyOperator::new(&config, &input).map_err(|(path, message)| {
         let parts: Vec<&str> = path.iter().map(String::as_str).collect();
         ctx.spec.error_at_path(&parts, message)
     })?;
+    operator.evicted = ctx.metrics.named("keys_evicted");
     let schema = operator.schema.clone();
     Ok(BuiltOperator {
         operator: Box::new(operator),
@@ -175,6 +179,8 @@ impl AnomalyOperator {
             keys: HashMap::new(),
             sequence: 0,
             schema: Arc::new(Schema::new(fields)),
+            evicted: Arc::default(),
+            warned_at: None,
         })
     }
 
@@ -182,14 +188,26 @@ impl AnomalyOperator {
         self.keys.len()
     }
 
+    /// Forgets the least recently seen tenth of the keys (at least one): a stream of ever new
+    /// keys costs one pass over the keys per tenth of `max_keys` new ones, not one per key.
     fn evict_oldest(&mut self) {
-        if let Some(oldest) = self
-            .keys
-            .iter()
-            .min_by_key(|(_, entry)| entry.last_seen)
-            .map(|(key, _)| key.clone())
+        let count = (self.max_keys / 10).max(1).min(self.keys.len());
+        let mut seen: Vec<u64> = self.keys.values().map(|entry| entry.last_seen).collect();
+        if count == 0 {
+            return;
+        }
+        let (_, &mut cutoff, _) = seen.select_nth_unstable(count - 1);
+        let before = self.keys.len();
+        self.keys.retain(|_, entry| entry.last_seen > cutoff);
+        let evicted = (before - self.keys.len()) as u64;
+        self.evicted
+            .fetch_add(evicted, std::sync::atomic::Ordering::Relaxed);
+        if self
+            .warned_at
+            .is_none_or(|at| at.elapsed() > std::time::Duration::from_secs(60))
         {
-            self.keys.remove(&oldest);
+            self.warned_at = Some(std::time::Instant::now());
+            tracing::warn!(max_keys = self.max_keys, evicted, key_fields = self.key_columns.len(), "anomaly: more distinct keys than max_keys; the least recently seen are forgotten (their detectors start over if they come back)");
         }
     }
 

@@ -36,13 +36,43 @@ pub struct WindowConfig {
     /// How long after a window has closed a late event still updates and re-emits it.
     #[serde(default)]
     pub allowed_lateness: ConfigDuration,
-    /// With no events for this long (processing time), event time is taken to advance with
+    /// With no events for this long (processing time) while every input's source is idle (has
+    /// nothing to deliver, as opposed to being held back), event time is taken to advance with
     /// the wall clock, so the windows of a quiet stream still close.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: ConfigDuration,
     /// Outcomes that count as errors.
     #[serde(default = "default_error_outcomes")]
     pub error_outcomes: Vec<String>,
+    /// Distinct keys held at once (over the open windows); past it new keys go to the `other`
+    /// key, or are dropped (`on_max_keys`), counted and warned about.
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+    #[serde(default)]
+    pub on_max_keys: OnMaxKeys,
+    /// Rows stamped further ahead of the wall clock than this never move the watermark: they
+    /// go to the `late` output and are counted in `future_events`.
+    #[serde(default = "default_max_future_skew")]
+    pub max_future_skew: ConfigDuration,
+}
+
+/// What happens to a row whose key is new once `max_keys` keys are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMaxKeys {
+    /// Counted under the key whose every field is `other`.
+    #[default]
+    Other,
+    /// Left out of the windows (and counted).
+    Drop,
+}
+
+fn default_max_keys() -> usize {
+    10_000
+}
+
+fn default_max_future_skew() -> ConfigDuration {
+    ConfigDuration::from_secs(300)
 }
 
 fn default_key() -> Vec<String> {
@@ -131,6 +161,9 @@ impl WindowConfig {
                 "`relative_accuracy` must be between 0 and 1 (exclusive), e.g. 0.01 for 1%"
                     .to_string(),
             ));
+        }
+        if self.max_keys == 0 {
+            return Err(("max_keys", "`max_keys` must be at least 1".to_string()));
         }
         for outcome in &self.error_outcomes {
             if engine::schema::Outcome::parse(outcome).is_none() {

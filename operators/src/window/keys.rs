@@ -8,6 +8,9 @@ use hashbrown::HashTable;
 
 pub type KeyId = u32;
 
+/// The key id of a row left out because the key cap was reached (`on_max_keys = "drop"`).
+pub const DROPPED: KeyId = KeyId::MAX;
+
 #[derive(Default)]
 pub struct KeyInterner {
     table: HashTable<KeyId>,
@@ -76,16 +79,62 @@ impl KeyInterner {
     }
 
     /// Appends the key id of each of `rows` rows to `ids`.
+    #[cfg(test)]
     pub fn intern_rows(&mut self, columns: &[&StringArray], rows: usize, ids: &mut Vec<KeyId>) {
+        self.intern_rows_capped(columns, rows, ids, usize::MAX, None);
+    }
+
+    /// Appends the key id of each of `rows` rows to `ids`, with at most `cap` keys: a row with a new key
+    /// past the cap gets `overflow` (the `other` key), or [`DROPPED`] without one. Returns how
+    /// many rows were over the cap.
+    pub fn intern_rows_capped(
+        &mut self,
+        columns: &[&StringArray],
+        rows: usize,
+        ids: &mut Vec<KeyId>,
+        cap: usize,
+        overflow: Option<KeyId>,
+    ) -> u64 {
         ids.clear();
         ids.reserve(rows);
+        let mut over = 0;
         for row in 0..rows {
-            ids.push(self.intern_row(columns, row));
+            let id = self.intern_row(columns, row, cap).unwrap_or_else(|| {
+                over += 1;
+                overflow.unwrap_or(DROPPED)
+            });
+            ids.push(id);
         }
+        over
+    }
+
+    /// The id of a key given by its values, interned whatever the cap (the `other` key).
+    pub fn intern_values(&mut self, values: &[Option<&str>]) -> KeyId {
+        let hash = self.hash_values(values.iter().copied());
+        let stored = &self.values;
+        if let Some(&id) = self.table.find(hash, |&id| {
+            stored[id as usize]
+                .iter()
+                .zip(values)
+                .all(|(stored, value)| stored.as_deref() == *value)
+        }) {
+            return id;
+        }
+        self.push(values.iter().map(|v| v.map(Box::from)).collect(), hash)
+    }
+
+    fn push(&mut self, values: Box<[Option<Box<str>>]>, hash: u64) -> KeyId {
+        let id = self.values.len() as KeyId;
+        self.values.push(values);
+        self.hashes.push(hash);
+        let hashes = &self.hashes;
+        self.table
+            .insert_unique(hash, id, |&other| hashes[other as usize]);
+        id
     }
 
     #[inline]
-    fn intern_row(&mut self, columns: &[&StringArray], row: usize) -> KeyId {
+    fn intern_row(&mut self, columns: &[&StringArray], row: usize, cap: usize) -> Option<KeyId> {
         let hash = self.hash_values(columns.iter().map(|column| row_value(column, row)));
         let values = &self.values;
         let found = self.table.find(hash, |&id| {
@@ -95,20 +144,36 @@ impl KeyInterner {
                 .all(|(stored, column)| stored.as_deref() == row_value(column, row))
         });
         if let Some(&id) = found {
-            return id;
+            return Some(id);
         }
-        let id = self.values.len() as KeyId;
-        self.values.push(
-            columns
-                .iter()
-                .map(|c| row_value(c, row).map(Box::from))
-                .collect(),
-        );
-        self.hashes.push(hash);
-        let hashes = &self.hashes;
-        self.table
-            .insert_unique(hash, id, |&other| hashes[other as usize]);
-        id
+        if self.values.len() >= cap {
+            return None;
+        }
+        let values = columns
+            .iter()
+            .map(|c| row_value(c, row).map(Box::from))
+            .collect();
+        Some(self.push(values, hash))
+    }
+
+    /// Keeps only the keys `live` says are still used, renumbered in their order; returns the
+    /// new id of each old one (`None` for those dropped).
+    pub fn compact(&mut self, live: &[bool]) -> Vec<Option<KeyId>> {
+        let mut kept = KeyInterner {
+            state: self.state.clone(),
+            ..KeyInterner::default()
+        };
+        let mut mapping = Vec::with_capacity(self.values.len());
+        for (id, values) in std::mem::take(&mut self.values).into_iter().enumerate() {
+            if live.get(id).copied().unwrap_or(false) {
+                let hash = self.hashes[id];
+                mapping.push(Some(kept.push(values, hash)));
+            } else {
+                mapping.push(None);
+            }
+        }
+        *self = kept;
+        mapping
     }
 }
 
@@ -145,5 +210,25 @@ mod tests {
         rebuilt.intern_rows(&[&models, &endpoints], 5, &mut ids);
         assert_eq!(ids, vec![0, 1, 0, 2, 3]);
         assert_eq!(rebuilt.len(), 4);
+    }
+
+    #[test]
+    fn a_cap_sends_new_keys_to_the_overflow_and_compaction_keeps_the_live_ones() {
+        let models = StringArray::from(vec!["a", "b", "c", "a", "d"]);
+        let mut interner = KeyInterner::default();
+        let other = interner.intern_values(&[Some("other")]);
+        let mut ids = Vec::new();
+        let over = interner.intern_rows_capped(&[&models], 5, &mut ids, 3, Some(other));
+        assert_eq!(ids, vec![1, 2, other, 1, other]);
+        assert_eq!(over, 2);
+        let over = interner.intern_rows_capped(&[&models], 5, &mut ids, 3, None);
+        assert_eq!(ids, vec![1, 2, DROPPED, 1, DROPPED]);
+        assert_eq!(over, 2);
+        let mapping = interner.compact(&[true, false, true]);
+        assert_eq!(mapping, vec![Some(0), None, Some(1)]);
+        assert_eq!(interner.len(), 2);
+        interner.intern_rows(&[&models], 3, &mut ids);
+        assert_eq!(ids, vec![2, 1, 3], "b is still known, a and c are new");
+        assert_eq!(interner.intern_values(&[Some("other")]), 0);
     }
 }

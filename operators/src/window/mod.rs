@@ -4,7 +4,12 @@
 //!
 //! Time: the watermark is the largest event time seen minus `out_of_orderness`, advanced per
 //! row (so results do not depend on how rows were batched), by in-band watermarks from
-//! upstream, and by the wall clock when the stream has been idle for `idle_timeout`. A window
+//! upstream, and by the wall clock when no row has come for `idle_timeout` while every input's
+//! source is idle (has nothing to deliver — never because the pipeline is holding it back). A
+//! row stamped more than `max_future_skew` ahead of the wall clock never moves the watermark:
+//! it goes to the `late` output and the `future_events` count. Keys are capped at `max_keys`
+//! held at once: past it new keys count under `other` (or are dropped), and keys whose windows
+//! have all closed are forgotten. A window
 //! fires when the watermark passes its end — checked after every row that advances it, so
 //! results do not depend on batching. A late row whose window is still within
 //! `allowed_lateness` updates the window, which is emitted again with `revision` + 1 when the
@@ -42,11 +47,14 @@ use engine::schema::{require_field, typed_column};
 use sketches_ddsketch::Config as SketchConfig;
 
 pub use agg::Aggregate;
-pub use config::{WindowConfig, WindowKind};
-use keys::{KeyId, KeyInterner};
+pub use config::{OnMaxKeys, WindowConfig, WindowKind};
+use keys::{KeyId, KeyInterner, DROPPED};
 
 /// The index of the side output that carries rows too late for any open window.
 pub const LATE_PORT: usize = 1;
+
+/// The value of every key field of the key that rows past `max_keys` are counted under.
+pub const OTHER_KEY: &str = "other";
 
 struct Columns {
     time: usize,
@@ -86,8 +94,31 @@ pub struct Window {
     fired_to: i64,
     emitted_watermark: i64,
     max_event_time: i64,
+    /// The first event time this window ever took (kept across restarts): a window starting
+    /// before it covers only the part after it.
+    first_event_time: i64,
     last_arrival_wall: Option<i64>,
     key_ids: Vec<KeyId>,
+    /// Every input's source is idle, so event time may follow the wall clock.
+    inputs_idle: bool,
+    max_keys: usize,
+    on_max_keys: OnMaxKeys,
+    /// The `other` key's id, once a row needed it.
+    other_key: Option<KeyId>,
+    max_future_skew: i64,
+    /// Rows a batch stamped too far ahead; set per batch, counted once.
+    future_limit: i64,
+    counters: Counters,
+    key_names: Vec<String>,
+    warned_at: Option<i64>,
+}
+
+/// The window's own counters beside the component metrics.
+struct Counters {
+    keys_capped: Arc<std::sync::atomic::AtomicU64>,
+    keys_dropped: Arc<std::sync::atomic::AtomicU64>,
+    future_events: Arc<std::sync::atomic::AtomicU64>,
+    keys_held: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The first point of the form `k * pane + offset` after `after` (`i64::MIN` before any).
@@ -207,7 +238,6 @@ impl Window {
                 keys: key_columns,
             },
             output_schema,
-            metrics,
             keys: KeyInterner::default(),
             panes: BTreeMap::new(),
             revisions: HashMap::new(),
@@ -216,8 +246,24 @@ impl Window {
             fired_to: i64::MIN,
             emitted_watermark: i64::MIN,
             max_event_time: i64::MIN,
+            first_event_time: i64::MAX,
             last_arrival_wall: None,
             key_ids: Vec::new(),
+            inputs_idle: true,
+            max_keys: config.max_keys,
+            on_max_keys: config.on_max_keys,
+            other_key: None,
+            max_future_skew: config.max_future_skew.as_micros(),
+            future_limit: i64::MAX,
+            counters: Counters {
+                keys_capped: metrics.named("keys_capped"),
+                keys_dropped: metrics.named("keys_dropped"),
+                future_events: metrics.named("future_events"),
+                keys_held: metrics.gauge("keys_held"),
+            },
+            key_names: config.key.clone(),
+            warned_at: None,
+            metrics,
         })
     }
 
@@ -289,18 +335,29 @@ impl Window {
         let (size, pane_len, lateness) = (self.size, self.pane, self.lateness);
         let mut watermark = self.watermark;
         let mut max_time = self.max_event_time;
+        let mut first_time = i64::MAX;
         let fired_to = self.fired_to;
         let sketch = self.sketch;
         let errors = &self.error_outcomes;
         let mut late_count = 0u64;
         let mut current: Option<(i64, &mut Vec<Option<Aggregate>>)> = None;
+        let future_limit = self.future_limit;
+        let mut future_count = 0u64;
         for (row, &key) in key_ids.iter().enumerate().skip(from) {
+            if key == DROPPED {
+                continue;
+            }
             if times.is_null(row) || latency.is_null(row) {
                 too_late.get_or_insert_with(|| vec![false; rows])[row] = true;
                 late_count += 1;
                 continue;
             }
             let time = times.value(row);
+            if time > future_limit {
+                too_late.get_or_insert_with(|| vec![false; rows])[row] = true;
+                future_count += 1;
+                continue;
+            }
             let pane = time.div_euclid(pane_len) * pane_len;
             if pane + size + lateness <= watermark {
                 too_late.get_or_insert_with(|| vec![false; rows])[row] = true;
@@ -325,6 +382,7 @@ impl Window {
             if slots.len() < key_count {
                 slots.resize_with(key_count, || None);
             }
+            first_time = first_time.min(time);
             let aggregate = slots[key as usize].get_or_insert_with(|| Aggregate::new(sketch));
             let is_error = !outcome.is_null(row) && {
                 let value = outcome.value(row);
@@ -381,8 +439,14 @@ impl Window {
         self.key_ids = key_ids;
         self.watermark = watermark;
         self.max_event_time = max_time;
+        self.first_event_time = self.first_event_time.min(first_time);
         if late_count > 0 {
             self.metrics.add_late(late_count);
+        }
+        if future_count > 0 {
+            self.counters
+                .future_events
+                .fetch_add(future_count, Ordering::Relaxed);
         }
         Ok(stopped_at)
     }
@@ -396,10 +460,89 @@ impl Window {
             .map(|&i| typed_column(batch, i))
             .collect::<ComponentResult<_>>()?;
         let mut key_ids = std::mem::take(&mut self.key_ids);
-        self.keys
-            .intern_rows(&key_columns, batch.num_rows(), &mut key_ids);
+        let may_overflow = self.keys.len() + batch.num_rows() > self.max_keys;
+        if self.on_max_keys == OnMaxKeys::Other && self.other_key.is_none() && may_overflow {
+            let other: Vec<Option<&str>> = vec![Some(OTHER_KEY); key_columns.len()];
+            self.other_key = Some(self.keys.intern_values(&other));
+        }
+        let over = self.keys.intern_rows_capped(
+            &key_columns,
+            batch.num_rows(),
+            &mut key_ids,
+            self.max_keys,
+            self.other_key,
+        );
         self.key_ids = key_ids;
+        if over > 0 {
+            let counter = match self.on_max_keys {
+                OnMaxKeys::Other => &self.counters.keys_capped,
+                OnMaxKeys::Drop => &self.counters.keys_dropped,
+            };
+            counter.fetch_add(over, Ordering::Relaxed);
+            let now = engine::time::now_micros();
+            if self.warned_at.is_none_or(|at| now - at > 60_000_000) {
+                self.warned_at = Some(now);
+                tracing::warn!(window = %self.name, key = ?self.key_names, max_keys = self.max_keys, rows = over, action = ?self.on_max_keys, "window: more distinct keys than max_keys; rows of new keys go to the `other` key (or are dropped): a key field with unbounded values?");
+            }
+        }
         Ok(())
+    }
+
+    /// Forgets keys no open window holds any more (their windows fired and expired), so the
+    /// key cap counts the keys of the open windows, not every key ever seen. Between batches
+    /// only: it renumbers keys, and a batch's rows carry the numbers of their keys.
+    fn forget_closed_keys(&mut self) {
+        self.compact_keys();
+        self.counters
+            .keys_held
+            .store(self.keys.len() as u64, Ordering::Relaxed);
+    }
+
+    fn compact_keys(&mut self) {
+        let held = self.keys.len();
+        if held < 64 && held < self.max_keys {
+            return;
+        }
+        let mut live = vec![false; held];
+        for slots in self.panes.values() {
+            for (key, slot) in slots.iter().enumerate() {
+                if slot.is_some() {
+                    live[key] = true;
+                }
+            }
+        }
+        for (_, key) in self.revisions.keys().chain(self.dirty.iter()) {
+            live[*key as usize] = true;
+        }
+        let live_count = live.iter().filter(|l| **l).count();
+        // Compacting costs a pass over the panes: only when it frees a good share, or room
+        // under the cap.
+        if live_count * 2 + 32 > held && (held < self.max_keys || live_count == held) {
+            return;
+        }
+        let mapping = self.keys.compact(&live);
+        let remap = |key: KeyId| mapping[key as usize].expect("a live key is kept");
+        for slots in self.panes.values_mut() {
+            let mut remapped: Vec<Option<Aggregate>> = Vec::with_capacity(live_count);
+            for (key, slot) in std::mem::take(slots).into_iter().enumerate() {
+                if let Some(new) = mapping.get(key).copied().flatten() {
+                    if remapped.len() <= new as usize {
+                        remapped.resize_with(new as usize + 1, || None);
+                    }
+                    remapped[new as usize] = slot;
+                }
+            }
+            *slots = remapped;
+        }
+        self.revisions = std::mem::take(&mut self.revisions)
+            .into_iter()
+            .map(|((start, key), revision)| ((start, remap(key)), revision))
+            .collect();
+        self.dirty = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .map(|(start, key)| (start, remap(key)))
+            .collect();
+        self.other_key = self.other_key.and_then(|key| mapping[key as usize]);
     }
 
     /// The starts of every window containing `pane`.
@@ -539,6 +682,13 @@ struct WindowState {
     fired_to: i64,
     emitted_watermark: i64,
     max_event_time: i64,
+    #[serde(default = "first_event_time_unknown")]
+    first_event_time: i64,
+}
+
+/// A checkpoint from before `first_event_time` was kept: no window is taken for partial.
+fn first_event_time_unknown() -> i64 {
+    i64::MIN
 }
 
 impl Operator for Window {
@@ -571,6 +721,7 @@ impl Operator for Window {
             fired_to: self.fired_to,
             emitted_watermark: self.emitted_watermark,
             max_event_time: self.max_event_time,
+            first_event_time: self.first_event_time,
         };
         engine::state::snapshot(&state)
     }
@@ -612,6 +763,7 @@ impl Operator for Window {
         self.fired_to = state.fired_to;
         self.emitted_watermark = state.emitted_watermark;
         self.max_event_time = state.max_event_time;
+        self.first_event_time = state.first_event_time;
         self.last_arrival_wall = None;
         Ok(())
     }
@@ -625,7 +777,9 @@ impl Operator for Window {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        self.last_arrival_wall = Some(engine::time::now_micros());
+        let now = engine::time::now_micros();
+        self.last_arrival_wall = Some(now);
+        self.future_limit = now.saturating_add(self.max_future_skew);
         self.intern_keys(batch)?;
         let mut too_late = None;
         let mut from = 0;
@@ -634,6 +788,7 @@ impl Operator for Window {
             from = next;
         }
         self.advance(out)?;
+        self.forget_closed_keys();
         if let Some(mask) = too_late {
             out.emit_to(
                 LATE_PORT,
@@ -647,13 +802,24 @@ impl Operator for Window {
         if watermark.0 > self.watermark {
             self.watermark = watermark.0;
         }
-        self.advance(out)
+        self.advance(out)?;
+        self.forget_closed_keys();
+        Ok(())
+    }
+
+    fn on_inputs_idle(&mut self, idle: bool) {
+        self.inputs_idle = idle;
     }
 
     fn on_tick(&mut self, now_micros: i64, out: &mut Collector) -> ComponentResult {
         let Some(last) = self.last_arrival_wall else {
             return Ok(());
         };
+        if !self.inputs_idle {
+            // Quiet because held back (backpressure, a backlog, a lost connection): event
+            // time waits for the rows that are coming.
+            return Ok(());
+        }
         let idle_for = now_micros - last;
         if idle_for < self.idle_timeout || self.max_event_time == i64::MIN {
             return Ok(());
@@ -665,6 +831,7 @@ impl Operator for Window {
         if advanced > self.watermark {
             self.watermark = advanced;
             self.advance(out)?;
+            self.forget_closed_keys();
         }
         Ok(())
     }

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, Float64Builder, StringBuilder, TimestampMicrosecondBuilder, UInt32Builder,
-    UInt64Builder,
+    ArrayRef, BooleanBuilder, Float64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    UInt32Builder, UInt64Builder,
 };
 use arrow::record_batch::RecordBatch;
 use engine::component::ComponentResult;
@@ -18,7 +18,22 @@ pub(super) fn build_batch(
     revisions: &[u32],
 ) -> ComponentResult<RecordBatch> {
     let n = rows.len();
-    let size_secs = window.size as f64 / 1_000_000.0;
+    // A window the stream began inside of, or that is emitted because the stream ended before
+    // it did, covers only part of its length: its rate divides by what it covers (at least
+    // one second, so a single call cannot make a rate of thousands per second).
+    let ending = window.watermark == i64::MAX;
+    let covered = |start: i64| -> (bool, f64) {
+        let end = start + window.size;
+        let from = start.max(window.first_event_time);
+        let to = if ending && end > window.max_event_time {
+            window.max_event_time.saturating_add(1)
+        } else {
+            end
+        };
+        let partial = from > start || to < end;
+        let micros = (to - from).clamp(1_000_000.min(window.size), window.size);
+        (partial, micros as f64 / 1_000_000.0)
+    };
     let mut name = StringBuilder::with_capacity(n, n * window.name.len());
     let mut start = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut end = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
@@ -52,6 +67,8 @@ pub(super) fn build_batch(
     let mut reasoning_tokens = UInt64Builder::with_capacity(n);
     let mut cost_usd = Float64Builder::with_capacity(n);
     let mut unpriced_calls = UInt64Builder::with_capacity(n);
+    let mut partial = BooleanBuilder::with_capacity(n);
+    let mut covered_seconds = Float64Builder::with_capacity(n);
     let mut revision = UInt32Builder::with_capacity(n);
     for ((window_start, key, aggregate), rev) in rows.iter().zip(revisions) {
         name.append_value(&window.name);
@@ -64,7 +81,10 @@ pub(super) fn build_batch(
         errors.append_value(aggregate.errors);
         let total = aggregate.count.max(1) as f64;
         error_rate.append_value(aggregate.errors as f64 / total);
-        rate.append_value(aggregate.count as f64 / size_secs);
+        let (is_partial, seconds) = covered(*window_start);
+        partial.append_value(is_partial);
+        covered_seconds.append_value(seconds);
+        rate.append_value(aggregate.count as f64 / seconds);
         if aggregate.count > 0 {
             mean.append_value(aggregate.latency_sum / aggregate.count as f64);
             min.append_value(aggregate.latency_min);
@@ -122,6 +142,8 @@ pub(super) fn build_batch(
         Arc::new(reasoning_tokens.finish()),
         Arc::new(cost_usd.finish()),
         Arc::new(unpriced_calls.finish()),
+        Arc::new(partial.finish()),
+        Arc::new(covered_seconds.finish()),
         Arc::new(revision.finish()),
     ]);
     Ok(RecordBatch::try_new(window.output_schema.clone(), columns)?)

@@ -156,7 +156,24 @@ fn tumbling_windows_count_errors_and_rates_per_key() {
         .column_by_name("max_latency_ms")
         .unwrap()
         .as_primitive::<Float64Type>();
-    assert!((rate.value(0) - 0.3).abs() < 1e-12);
+    // The stream began at 1 s: the first window covers 9 s of its 10, and its rate divides by
+    // those (0.3/s over the whole window would understate it).
+    let partial = batch.column_by_name("partial").unwrap().as_boolean();
+    let covered = batch
+        .column_by_name("covered_seconds")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    assert!(partial.value(0));
+    assert!(
+        (covered.value(0) - 9.0).abs() < 1e-9,
+        "{}",
+        covered.value(0)
+    );
+    assert!(
+        (rate.value(0) - 3.0 / 9.0).abs() < 1e-9,
+        "{}",
+        rate.value(0)
+    );
     assert!((error_rate.value(0) - 2.0 / 3.0).abs() < 1e-12);
     assert!((mean.value(0) - 200.0).abs() < 1e-12);
     assert_eq!(max.value(0), 300.0);
@@ -443,4 +460,157 @@ fn revisions_do_not_depend_on_how_rows_were_batched() {
             Some(expected) => assert_eq!(&got, expected, "batches of {batch_size}"),
         }
     }
+}
+
+#[test]
+fn partial_windows_at_the_start_and_end_of_a_stream_are_said_as_such() {
+    let mut w = window("size = \"10s\"\nout_of_orderness = \"0s\"\nkey = [\"model\"]");
+    // 25 calls a second from 5 s to 27.5 s, then the stream ends.
+    let calls: Vec<ApiCall> = (0..563)
+        .map(|i| call(5.0 + i as f64 * 0.04, "a", 1.0, Outcome::Ok))
+        .collect();
+    let (windows, _) = run(&mut w, vec![calls], true);
+    let mut found = Vec::new();
+    for batch in &windows {
+        let start = batch
+            .column_by_name("window_start")
+            .unwrap()
+            .as_primitive::<TimestampMicrosecondType>();
+        let partial = batch.column_by_name("partial").unwrap().as_boolean();
+        let covered = batch
+            .column_by_name("covered_seconds")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        let rate = batch
+            .column_by_name("rate_per_sec")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        for row in 0..batch.num_rows() {
+            found.push((
+                start.value(row) / SEC,
+                partial.value(row),
+                covered.value(row),
+                rate.value(row),
+            ));
+        }
+    }
+    assert_eq!(found.len(), 3, "{found:?}");
+    let (first, middle, last) = (found[0], found[1], found[2]);
+    assert_eq!((first.0, first.1), (0, true));
+    assert!(
+        (first.2 - 5.0).abs() < 1e-6 && (first.3 - 25.0).abs() < 0.01,
+        "{first:?}"
+    );
+    assert_eq!((middle.0, middle.1, middle.2), (10, false, 10.0));
+    assert!((middle.3 - 25.0).abs() < 0.01, "{middle:?}");
+    assert_eq!((last.0, last.1), (20, true));
+    assert!(
+        (last.2 - 7.48).abs() < 0.01 && (last.3 - 25.0).abs() < 0.2,
+        "{last:?}"
+    );
+}
+
+#[test]
+fn a_held_back_stream_does_not_advance_with_the_wall_clock() {
+    let mut w = window(
+        "size = \"10s\"\nout_of_orderness = \"1s\"\nidle_timeout = \"2s\"\nkey = [\"model\"]",
+    );
+    // In a pipeline the runtime says whether the inputs' sources are idle; here they are
+    // quiet because held back (a database down, say).
+    w.on_inputs_idle(false);
+    run(&mut w, vec![vec![call(1.0, "a", 1.0, Outcome::Ok)]], false);
+    let arrived = w.last_arrival_wall.unwrap();
+    let mut out = Collector::default();
+    w.on_tick(arrived + 600 * SEC, &mut out).unwrap();
+    let (batches, watermark) = out.take();
+    assert!(
+        batches.is_empty() && watermark.is_none(),
+        "ten minutes held back move nothing"
+    );
+    // The rows held back arrive and land in their window, not in `late`.
+    let (windows, late) = run(&mut w, vec![vec![call(5.0, "a", 1.0, Outcome::Ok)]], true);
+    assert!(late.is_empty());
+    assert_eq!(rows(&windows)[0].count, 2);
+    // Idle again: the wall clock may move event time.
+    w.on_inputs_idle(true);
+}
+
+fn future_events(w: &Window) -> u64 {
+    w.counters.future_events.load(Ordering::Relaxed)
+}
+
+#[test]
+fn events_from_2100_and_1970_never_move_anything() {
+    let mut w = window("size = \"10s\"\nout_of_orderness = \"2s\"\nkey = [\"model\"]");
+    let now = engine::time::now_micros() as f64 / SEC as f64;
+    let start = (now / 10.0).floor() * 10.0 - 120.0;
+    let year_2100 = 4_102_444_800.0;
+    let mut batches = Vec::new();
+    for i in 0..200 {
+        let mut batch = vec![call(start + i as f64 * 0.5, "good", 1.0, Outcome::Ok)];
+        if i % 50 == 7 {
+            batch.push(call(year_2100, "bad", 1.0, Outcome::Ok));
+            batch.push(call(1.0, "bad", 1.0, Outcome::Ok));
+        }
+        batches.push(batch);
+    }
+    let (windows, late) = run(&mut w, batches, true);
+    let good: Vec<Row> = rows(&windows)
+        .into_iter()
+        .filter(|r| r.model == "good")
+        .collect();
+    assert_eq!(good.len(), 10, "every good window: {good:?}");
+    assert!(
+        good.iter().all(|r| r.count == 20 && r.revision == 0),
+        "{good:?}"
+    );
+    assert!(rows(&windows).iter().all(|r| r.model == "good"));
+    let late_rows: usize = late.iter().map(RecordBatch::num_rows).sum();
+    assert_eq!(late_rows, 8, "four from 2100 and four from 1970");
+    assert_eq!(future_events(&w), 4);
+}
+
+#[test]
+fn keys_past_max_keys_count_under_other_and_closed_keys_are_forgotten() {
+    let settings = "size = \"10s\"\nout_of_orderness = \"0s\"\nkey = [\"model\"]\nmax_keys = 10";
+    let mut w = window(settings);
+    let calls: Vec<ApiCall> = (0..50)
+        .map(|i| call(1.0 + i as f64 * 0.1, &format!("m{i}"), 1.0, Outcome::Ok))
+        .collect();
+    let (windows, _) = run(&mut w, vec![calls.clone()], false);
+    assert!(windows.is_empty());
+    // A call at 100 s closes the first window; then 50 new keys come.
+    let later: Vec<ApiCall> = (0..50)
+        .map(|i| call(100.0 + i as f64 * 0.1, &format!("n{i}"), 1.0, Outcome::Ok))
+        .collect();
+    let (windows, _) = run(
+        &mut w,
+        vec![vec![call(100.0, "m0", 1.0, Outcome::Ok)], later],
+        true,
+    );
+    let rows = rows(&windows);
+    let first: Vec<&Row> = rows.iter().filter(|r| r.start == 0).collect();
+    assert_eq!(
+        first.iter().map(|r| r.count).sum::<u64>(),
+        50,
+        "every call counted"
+    );
+    assert_eq!(first.len(), 10, "9 keys and `other`: {first:?}");
+    assert_eq!(
+        first.iter().find(|r| r.model == OTHER_KEY).unwrap().count,
+        41
+    );
+    // The first window's keys were forgotten once it closed: the second has its own nine.
+    let second: Vec<&Row> = rows.iter().filter(|r| r.start == 100).collect();
+    assert_eq!(second.len(), 10, "{second:?}");
+    assert!(second.iter().any(|r| r.model == "m0") && second.iter().any(|r| r.model == "n0"));
+    assert_eq!(second.iter().map(|r| r.count).sum::<u64>(), 51);
+    assert_eq!(w.counters.keys_capped.load(Ordering::Relaxed), 41 + 42);
+
+    let mut dropping = window(&format!("{settings}\non_max_keys = \"drop\""));
+    let (windows, _) = run(&mut dropping, vec![calls], true);
+    let kept = self::rows(&windows);
+    assert_eq!(kept.len(), 10);
+    assert_eq!(kept.iter().map(|r| r.count).sum::<u64>(), 10);
+    assert_eq!(dropping.counters.keys_dropped.load(Ordering::Relaxed), 40);
 }
