@@ -59,6 +59,24 @@ pub struct RabbitMqSourceConfig {
     /// How long shutdown waits for a final checkpoint, so what was processed is acknowledged.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: ConfigDuration,
+    /// Events stamped further ahead of this machine's clock than this are not taken as they
+    /// are (a producer's clock bug would move event time years ahead): see `future_events`.
+    #[serde(default = "default_max_future_skew")]
+    pub max_future_skew: ConfigDuration,
+    #[serde(default)]
+    pub future_events: FutureEvents,
+}
+
+/// What the source does with an event stamped beyond `max_future_skew`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FutureEvents {
+    /// Published to the dead-letter exchange (as JSON lines, reason `event_time_in_future`);
+    /// the message's other events go on.
+    #[default]
+    DeadLetter,
+    /// Stamped with the time it was received instead, and counted.
+    Clamp,
 }
 
 impl RabbitMqSourceConfig {
@@ -104,4 +122,7 @@ fn default_reconnect_max() -> ConfigDuration {
 }
 fn default_shutdown_timeout() -> ConfigDuration {
     ConfigDuration::from_secs(10)
+}
+fn default_max_future_skew() -> ConfigDuration {
+    ConfigDuration::from_secs(300)
 }

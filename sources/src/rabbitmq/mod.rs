@@ -25,7 +25,9 @@ use std::time::Duration;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use engine::backoff::Backoff;
-use engine::codec::{decode_api_calls, DecodedCalls};
+use engine::codec::{
+    decode_api_calls, encode_api_calls_json, take_future, DecodedCalls, JSON_CONTENT_TYPE,
+};
 use engine::component::{ComponentError, ComponentResult, Source, SourceContext};
 use engine::config::ConfigError;
 use engine::message::{Barrier, Message};
@@ -35,8 +37,22 @@ use futures::StreamExt;
 use lapin::message::Delivery;
 
 use acks::{AckTracker, SourceState};
-pub use config::{Declare, RabbitMqSourceConfig};
+pub use config::{Declare, FutureEvents, RabbitMqSourceConfig};
 use session::{DeadLetter, Session};
+
+/// How often the queue is checked while nothing is delivered.
+const QUEUE_PROBE: Duration = Duration::from_secs(1);
+
+/// A span of µs as the largest sensible unit, for messages.
+fn humanize_micros(micros: i64) -> String {
+    let seconds = micros / 1_000_000;
+    match seconds {
+        s if s >= 365 * 86_400 => format!("{} years", s / (365 * 86_400)),
+        s if s >= 86_400 => format!("{} days", s / 86_400),
+        s if s >= 3_600 => format!("{} h", s / 3_600),
+        s => format!("{s} s"),
+    }
+}
 
 pub fn build(ctx: &BuildContext<'_, '_>) -> Result<BuiltSource, ConfigError> {
     let config: RabbitMqSourceConfig = ctx.spec.settings()?;
@@ -90,6 +106,8 @@ struct Counters {
     dead_lettered: Arc<AtomicU64>,
     reconnects: Arc<AtomicU64>,
     unacked: Arc<AtomicU64>,
+    /// Events stamped beyond `max_future_skew`, dead-lettered or clamped.
+    future_events: Arc<AtomicU64>,
 }
 
 /// Rows decoded and not yet sent downstream.
@@ -111,6 +129,9 @@ impl Pending {
     }
 
     fn add(&mut self, decoded: DecodedCalls) {
+        if decoded.is_empty() {
+            return;
+        }
         self.count += decoded.len();
         match decoded {
             DecodedCalls::Rows(rows) => rows.iter().for_each(|row| self.rows.push(row)),
@@ -162,8 +183,12 @@ impl Source for RabbitMqSource {
             acked: ctx.metrics.named("acked"),
             dead_lettered: ctx.metrics.named("dead_lettered"),
             reconnects: ctx.metrics.named("reconnects"),
-            unacked: ctx.metrics.named("unacked"),
+            unacked: ctx.metrics.gauge("unacked"),
+            future_events: ctx.metrics.named("future_events"),
         };
+        // Not idle until the queue is known to be empty: a broker it cannot reach yet may
+        // hold messages.
+        ctx.output.activity().set_busy(true);
         let mut backoff =
             Backoff::new(self.config.reconnect_initial.0, self.config.reconnect_max.0);
         let mut pending = Pending::new(self.config.batch_size);
@@ -191,6 +216,7 @@ impl Source for RabbitMqSource {
                 }
                 Err(error) => {
                     ctx.metrics.set_connected(false);
+                    ctx.output.activity().set_busy(true);
                     let delay = backoff.next_delay();
                     tracing::warn!(source = %self.component, %error, retry_in = ?delay, "rabbitmq: cannot consume; retrying");
                     self.wait_forwarding_barriers(&mut ctx, &mut pending, &acks, delay)
@@ -227,6 +253,7 @@ impl Source for RabbitMqSource {
                 }
                 Ended::ConnectionLost(error) => {
                     ctx.metrics.set_connected(false);
+                    ctx.output.activity().set_busy(true);
                     tracing::warn!(source = %self.component, %error, unacked = acks.unacked(), "rabbitmq: connection lost; unacknowledged deliveries will be redelivered");
                     session.close().await;
                     let delay = backoff.next_delay();
@@ -254,6 +281,12 @@ impl RabbitMqSource {
         let mut requested = false;
         let mut completed = ctx.completed_checkpoints.clone();
         completed.borrow_and_update();
+        // While nothing is delivered, the queue is checked every second: the source is idle
+        // (event time may follow the wall clock) only when the queue is empty and the broker
+        // is not holding deliveries back for want of acknowledgements.
+        let mut probe = tokio::time::interval(QUEUE_PROBE);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_delivery = tokio::time::Instant::now();
         loop {
             let deadline = pending
                 .since
@@ -283,12 +316,24 @@ impl RabbitMqSource {
                 _ = tokio::time::sleep_until(deadline), if pending.since.is_some() => {
                     pending.flush(ctx).await?;
                 }
+                _ = probe.tick(), if last_delivery.elapsed() >= QUEUE_PROBE => {
+                    match session.ready_messages(&self.config.queue).await {
+                        Ok(ready) => {
+                            let held = acks.unacked() >= u64::from(self.config.prefetch);
+                            ctx.output.activity().set_busy(ready > 0 || held);
+                        }
+                        Err(error) => {
+                            return Ok((Ended::ConnectionLost(format!("checking the queue: {error}")), session));
+                        }
+                    }
+                }
                 delivery = session.consumer.next() => {
                     let delivery = match delivery {
                         Some(Ok(delivery)) => delivery,
                         Some(Err(error)) => return Ok((Ended::ConnectionLost(error.to_string()), session)),
                         None => return Ok((Ended::ConnectionLost("the broker cancelled the consumer".into()), session)),
                     };
+                    last_delivery = tokio::time::Instant::now();
                     let message_id = delivery.properties.message_id().as_ref().map(|id| id.to_string());
                     if acks.covered.already_counted(message_id.as_deref()) {
                         counters.skipped.fetch_add(1, Ordering::Relaxed);
@@ -298,6 +343,10 @@ impl RabbitMqSource {
                     acks.delivered(delivery.delivery_tag);
                     acks.covered.taken(delivery.delivery_tag, message_id);
                     counters.unacked.store(acks.unacked(), Ordering::Relaxed);
+                    if acks.unacked() >= u64::from(self.config.prefetch) {
+                        // The broker sends nothing more until a checkpoint acknowledges.
+                        ctx.output.activity().set_busy(true);
+                    }
                     if pending.count >= self.config.batch_size {
                         pending.flush(ctx).await?;
                     }
@@ -324,6 +373,7 @@ impl RabbitMqSource {
         }
         let letter = if delivery.data.len() > self.config.max_message_bytes {
             Some(DeadLetter {
+                body: None,
                 reason: "too_large",
                 error: format!(
                     "the message has {} bytes; max_message_bytes is {}",
@@ -339,11 +389,9 @@ impl RabbitMqSource {
                 .as_ref()
                 .map(|c| c.as_str());
             match decode_api_calls(&delivery.data, content_type) {
-                Ok(decoded) => {
-                    pending.add(decoded);
-                    None
-                }
+                Ok(decoded) => self.take_on_time(decoded, delivery, pending, counters),
                 Err(error) => Some(DeadLetter {
+                    body: None,
                     reason: "decode_error",
                     error: error.to_string(),
                     delivery,
@@ -368,6 +416,64 @@ impl RabbitMqSource {
         session
             .dead_letter(&exchange, &self.component, &self.config.queue, letter)
             .await
+    }
+
+    /// Adds the events of `decoded` to `pending`, except those stamped beyond
+    /// `max_future_skew`: clamped to now, or returned as a dead letter of their own.
+    fn take_on_time<'d>(
+        &self,
+        decoded: DecodedCalls,
+        delivery: &'d Delivery,
+        pending: &mut Pending,
+        counters: &Counters,
+    ) -> Option<DeadLetter<'d>> {
+        let now = engine::time::now_micros();
+        let limit = now.saturating_add(self.config.max_future_skew.as_micros());
+        let (on_time, mut future) = match take_future(decoded, limit) {
+            Ok(split) => split,
+            Err(error) => {
+                return Some(DeadLetter {
+                    body: None,
+                    reason: "decode_error",
+                    error: error.to_string(),
+                    delivery,
+                })
+            }
+        };
+        pending.add(on_time);
+        if future.is_empty() {
+            return None;
+        }
+        counters
+            .future_events
+            .fetch_add(future.len() as u64, Ordering::Relaxed);
+        let first = future[0].event_time;
+        match self.config.future_events {
+            FutureEvents::Clamp => {
+                tracing::warn!(source = %self.component, events = future.len(), event_time = %engine::time::format_micros(first), "rabbitmq: events stamped in the future were clamped to now");
+                for call in &mut future {
+                    call.event_time = now;
+                }
+                pending.add(DecodedCalls::Rows(future));
+                None
+            }
+            FutureEvents::DeadLetter => {
+                let error = format!(
+                    "{} event(s) stamped up to {} ahead of this machine's clock (first: {}), beyond max_future_skew = {}",
+                    future.len(),
+                    humanize_micros(future.iter().map(|c| c.event_time).max().unwrap_or(first) - now),
+                    engine::time::format_micros(first),
+                    self.config.max_future_skew
+                );
+                let body = encode_api_calls_json(future.iter()).ok()?;
+                Some(DeadLetter {
+                    body: Some((body, JSON_CONTENT_TYPE)),
+                    reason: "event_time_in_future",
+                    error,
+                    delivery,
+                })
+            }
+        }
     }
 
     /// Sleeps for `delay`, still passing barriers downstream (so checkpoints of the rest of

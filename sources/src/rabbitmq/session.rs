@@ -27,6 +27,8 @@ pub struct DeadLetter<'a> {
     pub reason: &'static str,
     pub error: String,
     pub delivery: &'a Delivery,
+    /// What to publish instead of the delivery's body (some of its events), and its type.
+    pub body: Option<(Vec<u8>, &'static str)>,
 }
 
 impl Session {
@@ -76,6 +78,23 @@ impl Session {
         })
     }
 
+    /// Messages ready in the queue (not counting those delivered and not yet acknowledged),
+    /// from a passive declare.
+    pub async fn ready_messages(&self, queue: &str) -> Result<u32, lapin::Error> {
+        let queue = self
+            .channel
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(queue.message_count())
+    }
+
     /// Acknowledges every delivery up to and including `tag`.
     pub async fn ack_up_to(&self, tag: u64) -> Result<(), lapin::Error> {
         self.channel
@@ -107,18 +126,25 @@ impl Session {
         );
         headers.insert("x-original-queue".into(), text(queue));
         headers.insert("x-pipeline-source".into(), text(component));
-        let properties = delivery
+        let mut properties = delivery
             .properties
             .clone()
             .with_headers(headers)
             .with_delivery_mode(2);
+        let body = match &letter.body {
+            Some((body, content_type)) => {
+                properties = properties.with_content_type((*content_type).into());
+                body.as_slice()
+            }
+            None => &delivery.data,
+        };
         let confirm = self
             .dead_letters
             .basic_publish(
                 exchange.into(),
                 delivery.routing_key.clone(),
                 BasicPublishOptions::default(),
-                &delivery.data,
+                body,
                 properties,
             )
             .await
