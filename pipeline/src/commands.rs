@@ -143,17 +143,26 @@ pub fn print_report(name: &str, report: &RunReport) {
         "pipeline {name}: {} checkpoints completed",
         report.checkpoints.completed
     );
+    // A source only emits, a sink only takes: their other column is empty, not 0.
     eprintln!(
         "  {:<20} {:<9} {:>12} {:>12} {:>8} {:>8} {:>8}",
-        "component", "kind", "events in", "events out", "errors", "dropped", "late"
+        "component", "kind", "rows in", "rows out", "errors", "dropped", "late"
     );
     for c in &report.components {
+        let rows_in = match c.kind {
+            engine::metrics::ComponentKind::Source => "-".to_string(),
+            _ => c.metrics.events_in.to_string(),
+        };
+        let rows_out = match c.kind {
+            engine::metrics::ComponentKind::Sink => "-".to_string(),
+            _ => c.metrics.events_out.to_string(),
+        };
         eprintln!(
             "  {:<20} {:<9} {:>12} {:>12} {:>8} {:>8} {:>8}",
             c.id,
             format!("{:?}", c.kind).to_lowercase(),
-            c.metrics.events_in,
-            c.metrics.events_out,
+            rows_in,
+            rows_out,
             c.metrics.errors,
             c.metrics.dropped,
             c.metrics.late

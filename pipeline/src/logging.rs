@@ -23,8 +23,11 @@ pub struct LogOptions {
 /// Installs the global subscriber. Keep the returned guard alive: it flushes the log file.
 pub fn init(options: &LogOptions) -> anyhow::Result<Option<WorkerGuard>> {
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a terminal: a log redirected to a file holds no escape codes.
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let stderr = match options.format {
         LogFormat::Human => tracing_subscriber::fmt::layer()
+            .with_ansi(colours)
             .with_writer(std::io::stderr)
             .with_filter(filter())
             .boxed(),
@@ -42,6 +45,7 @@ pub fn init(options: &LogOptions) -> anyhow::Result<Option<WorkerGuard>> {
             let (writer, guard) = tracing_appender::non_blocking(appender);
             let layer = tracing_subscriber::fmt::layer()
                 .json()
+                .with_ansi(false)
                 .with_writer(writer)
                 .with_filter(filter())
                 .boxed();

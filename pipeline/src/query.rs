@@ -127,9 +127,14 @@ pub fn render(batches: &[RecordBatch], format: OutputFormat) -> anyhow::Result<S
                 .with_header(true)
                 .build(Vec::new());
             for batch in batches {
-                writer.write(batch)?;
+                writer.write(&flat_for_csv(batch)?)?;
             }
-            Ok(String::from_utf8(writer.into_inner())?)
+            let mut text = String::from_utf8(writer.into_inner())?;
+            // One line per row and nothing after the last: `wc -l` counts rows + header.
+            if text.ends_with('\n') {
+                text.pop();
+            }
+            Ok(text)
         }
         OutputFormat::Json => {
             let mut writer = arrow::json::ArrayWriter::new(Vec::new());
@@ -145,6 +150,45 @@ pub fn render(batches: &[RecordBatch], format: OutputFormat) -> anyhow::Result<S
     }
 }
 
+/// `batch` with every nested column (a map of labels, a list) as its text, which CSV can hold.
+fn flat_for_csv(batch: &RecordBatch) -> anyhow::Result<RecordBatch> {
+    use arrow::array::{ArrayRef, StringBuilder};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+    if !batch
+        .schema()
+        .fields()
+        .iter()
+        .any(|f| f.data_type().is_nested())
+    {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        if !field.data_type().is_nested() {
+            fields.push(field.as_ref().clone());
+            columns.push(column.clone());
+            continue;
+        }
+        let formatter = ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default())?;
+        let mut text = StringBuilder::with_capacity(column.len(), column.len() * 16);
+        for row in 0..column.len() {
+            if column.is_null(row) {
+                text.append_null();
+            } else {
+                text.append_value(formatter.value(row).to_string());
+            }
+        }
+        fields.push(Field::new(field.name(), DataType::Utf8, true));
+        columns.push(std::sync::Arc::new(text.finish()));
+    }
+    Ok(RecordBatch::try_new(
+        std::sync::Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
 pub async fn run_cli(sql: &str, data: &str, format: OutputFormat) -> anyhow::Result<ExitCode> {
     let (context, tables) = session(data).await?;
     if tables.is_empty() {
@@ -155,7 +199,12 @@ pub async fn run_cli(sql: &str, data: &str, format: OutputFormat) -> anyhow::Res
     }
     match query(&context, sql).await {
         Ok(batches) => {
-            println!("{}", render(&batches, format)?);
+            let text = render(&batches, format)?;
+            if text.ends_with('\n') {
+                print!("{text}");
+            } else {
+                println!("{text}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(error) => {

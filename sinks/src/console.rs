@@ -90,11 +90,16 @@ impl ConsoleSink {
             ConsoleFormat::Table => {
                 Ok(format!("{}\n", pretty_format_batches(&[rounded(&batch)?])?))
             }
+            // api_call rows in their documented JSON form (OpenTelemetry names), as the
+            // rabbitmq sink sends them; other rows (and a projection of fields) by column name.
             ConsoleFormat::Json => {
-                let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
-                writer.write(&batch)?;
-                writer.finish()?;
-                String::from_utf8(writer.into_inner()).map_err(ComponentError::other)
+                let body = engine::codec::encode(&batch, engine::codec::Encoding::Json)
+                    .map_err(ComponentError::other)?;
+                let mut text = String::from_utf8(body).map_err(ComponentError::other)?;
+                if !text.is_empty() && !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                Ok(text)
             }
         }
     }
@@ -150,6 +155,14 @@ mod tests {
         };
         let line = json.render(&batch()).unwrap();
         assert!(line.contains("\"request_id\":\"r1\""), "{line}");
+        assert!(
+            line.contains("\"gen_ai.request.model\":\"gpt-4o\""),
+            "{line}"
+        );
+        assert!(
+            line.contains("\"timestamp\":\"2023-11-14T22:13:20.000000Z\""),
+            "{line}"
+        );
         assert!(line.ends_with('\n'));
     }
 }

@@ -96,6 +96,7 @@ pub fn build(ctx: &BuildContext<'_, '_>) -> Result<Box<dyn Sink>, ConfigError> {
         alerts,
         config,
         connection: None,
+        retries: ctx.metrics.named("retries"),
     }))
 }
 
@@ -106,6 +107,7 @@ pub struct RedisSink {
     /// The input is alert rows, not window results.
     alerts: bool,
     connection: Option<ConnectionManager>,
+    retries: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl RedisSink {
@@ -207,35 +209,33 @@ impl RedisSink {
 
 #[async_trait]
 impl Sink for RedisSink {
+    /// Writes the batch's commands, retrying with backoff (up to 10 s apart) for as long as
+    /// Redis is down: the batch is held meanwhile, pushing back on the pipeline, and nothing
+    /// is lost; `pipeline status` shows the sink disconnected.
     async fn write(&mut self, batch: RecordBatch) -> ComponentResult {
         let pipe = self.commands(&batch)?;
-        let mut attempt = 0u32;
+        let mut backoff =
+            engine::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
-            let mut connection = match self.connection().await {
-                Ok(connection) => connection,
-                Err(error) => {
-                    self.metrics.set_connected(false);
-                    return Err(error);
-                }
+            let result = match self.connection().await {
+                Ok(mut connection) => pipe
+                    .query_async::<()>(&mut connection)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(error) => Err(error.to_string()),
             };
-            match pipe.query_async::<()>(&mut connection).await {
+            match result {
                 Ok(()) => {
                     self.metrics.set_connected(true);
                     return Ok(());
                 }
-                Err(error) if attempt < 8 => {
-                    self.metrics.set_connected(false);
-                    attempt += 1;
-                    let backoff = Duration::from_millis(50 * (1 << attempt.min(6)));
-                    tracing::warn!(%error, attempt, "writing to Redis failed; retrying in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                }
                 Err(error) => {
                     self.metrics.set_connected(false);
-                    return Err(ComponentError::other(format!(
-                        "writing to Redis at {} failed: {error}",
-                        self.config.url
-                    )));
+                    self.retries
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(url = %self.config.url, %error, retry_in = ?delay, "writing to Redis failed; the batch is held and retried");
+                    tokio::time::sleep(delay).await;
                 }
             }
         }

@@ -16,7 +16,7 @@ use tokio_postgres::NoTls;
 
 const URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const SEC: i64 = 1_000_000;
-const T0: i64 = 1_800_000_000 * SEC;
+const T0: i64 = 1_759_999_980 * SEC;
 
 async fn postgres_or_skip() -> Option<tokio_postgres::Client> {
     match tokio_postgres::connect(URL, NoTls).await {

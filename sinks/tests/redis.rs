@@ -57,7 +57,7 @@ fn window(settings: &str) -> Window {
 
 fn call(second: i64, model: &str, latency: f64) -> ApiCall {
     ApiCall {
-        event_time: 1_800_000_000 * SEC + second * SEC,
+        event_time: 1_759_999_980 * SEC + second * SEC,
         request_id: format!("{model}-{second}"),
         model: Some(model.into()),
         endpoint: Some("/v1/chat/completions".into()),

@@ -3,7 +3,10 @@
 //!
 //! Raw api_call rows are appended with binary COPY; window results are upserted on their window
 //! and key, and alert changes on their notification id, so replaying the same input leaves the
-//! same rows. Rows are buffered and written in
+//! same rows. Raw rows are exactly once too: in a pipeline with checkpoints each row carries its
+//! writer (the sink in its line of checkpoints) and the checkpoint that will cover it, and on a
+//! restart the sink first deletes what it wrote for checkpoints after the one restored — the
+//! rows whose input the broker is about to deliver again. Rows are buffered and written in
 //! one transaction per batch (by size, by `flush_interval`, and at every checkpoint barrier,
 //! which is acknowledged only after COMMIT — so a RabbitMQ source acknowledges only rows that
 //! are safe). A failed batch is retried with backoff until it succeeds; meanwhile the sink does
@@ -28,8 +31,9 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use engine::backoff::Backoff;
-use engine::component::{ComponentError, ComponentResult, Sink};
+use engine::component::{CommitPlan, ComponentError, ComponentResult, Sink};
 use engine::config::ConfigError;
+use engine::message::Barrier;
 use engine::metrics::ComponentMetrics;
 use engine::registry::BuildContext;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -79,6 +83,7 @@ pub fn build(ctx: &BuildContext<'_, '_>) -> Result<Box<dyn Sink>, ConfigError> {
         ready: false,
         timescale: false,
         last_retention: None,
+        tag: None,
         counters: Counters {
             rows_written: metrics.named("rows_written"),
             transactions: metrics.named("transactions"),
@@ -108,6 +113,8 @@ struct PostgresSink {
     ready: bool,
     timescale: bool,
     last_retention: Option<Instant>,
+    /// (writer, checkpoint) of the rows being appended, with checkpoints.
+    tag: Option<(i64, i64)>,
     counters: Counters,
     #[allow(dead_code)]
     metrics: Arc<ComponentMetrics>,
@@ -198,10 +205,11 @@ impl PostgresSink {
         };
         let layout = self.layout.clone();
         let rows = batch.num_rows();
+        let tag = self.tag;
         self.with_retries("writing a batch", |pool| {
             let layout = layout.clone();
             let batch = batch.clone();
-            async move { write_batch(&pool, &layout, &batch).await }
+            async move { write_batch(&pool, &layout, &batch, tag).await }
         })
         .await?;
         self.counters
@@ -331,13 +339,20 @@ async fn existing_columns(
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// One transaction: binary COPY (append) or the UNNEST upsert, then COMMIT.
+/// One transaction: binary COPY (append, tagged with `tag` when the layout is) or the UNNEST
+/// upsert, then COMMIT.
 async fn write_batch(
     pool: &Pool,
     layout: &TableLayout,
     batch: &RecordBatch,
+    tag: Option<(i64, i64)>,
 ) -> Result<(), Failure> {
-    let values = batch_values(batch).map_err(Failure::Fatal)?;
+    let mut values = batch_values(batch).map_err(Failure::Fatal)?;
+    if layout.is_tagged() {
+        let rows = batch.num_rows();
+        values.push(columns::Values::BigInt(vec![tag.map(|t| t.0); rows]));
+        values.push(columns::Values::BigInt(vec![tag.map(|t| t.1); rows]));
+    }
     let mut client = pool.get().await?;
     let transaction = client.transaction().await?;
     match layout.upsert_statement() {
@@ -438,7 +453,50 @@ impl Sink for PostgresSink {
         Ok(())
     }
 
+    /// With checkpoints, tags the rows it appends and takes back those a crash left of
+    /// checkpoints after the one restored (their input is about to be delivered again).
+    async fn begin(&mut self, plan: Option<CommitPlan>) -> ComponentResult {
+        let Some(plan) = plan else {
+            return Ok(());
+        };
+        if !self.layout.is_tagged() {
+            return Ok(());
+        }
+        self.ensure_ready().await?;
+        let writer = writer_id(plan.lineage, &self.component);
+        let restored = plan.restored as i64;
+        let statement = self.layout.untagged_delete();
+        let deleted = self
+            .with_retries("taking back rows of unfinished checkpoints", |pool| {
+                let statement = statement.clone();
+                async move {
+                    let client = pool.get().await?;
+                    Ok(client.execute(&statement, &[&writer, &restored]).await?)
+                }
+            })
+            .await?;
+        if deleted > 0 {
+            tracing::info!(sink = %self.component, table = %self.layout.qualified(), deleted, restored, "postgres: took back rows written after the restored checkpoint; they are written again as their input is replayed");
+        }
+        self.tag = Some((writer, plan.next as i64));
+        Ok(())
+    }
+
+    async fn checkpoint(&mut self, barrier: Barrier) -> ComponentResult {
+        self.write_pending().await?;
+        if let Some((_, checkpoint)) = &mut self.tag {
+            *checkpoint = barrier.checkpoint_id as i64 + 1;
+        }
+        Ok(())
+    }
+
     async fn flush(&mut self) -> ComponentResult {
         self.write_pending().await
     }
+}
+
+/// The writer id of sink `component` in the line of checkpoints `lineage`.
+fn writer_id(lineage: u64, component: &str) -> i64 {
+    let hash = crc32fast::hash(component.as_bytes());
+    ((lineage << 32) | u64::from(hash)) as i64
 }

@@ -40,7 +40,26 @@ pub fn quote(identifier: &str) -> String {
     format!("\"{}\"", identifier.replace('"', "\"\""))
 }
 
+/// The columns that tag appended rows with the run and checkpoint that wrote them.
+pub const WRITER: &str = "_pipeline_writer";
+pub const CHECKPOINT: &str = "_pipeline_checkpoint";
+
 impl TableLayout {
+    /// Appended rows carry their writer and checkpoint (the layout's last two columns).
+    pub fn is_tagged(&self) -> bool {
+        matches!(self.mode, WriteMode::Append) && self.has_column(CHECKPOINT)
+    }
+
+    /// Deletes the rows `$1` (a writer) wrote for checkpoints after `$2`.
+    pub fn untagged_delete(&self) -> String {
+        format!(
+            "DELETE FROM {} WHERE {} = $1 AND {} > $2",
+            self.qualified(),
+            quote(WRITER),
+            quote(CHECKPOINT)
+        )
+    }
+
     /// The layout for rows of `input`: api_call rows are appended to `api_calls`, window
     /// results upserted into `window_metrics` (either name overridable).
     pub fn new(input: &Schema, schema: &str, table: Option<&str>) -> Result<Self, String> {
@@ -93,6 +112,10 @@ impl TableLayout {
                 "window_metrics",
             )
         } else if input.index_of(EVENT_TIME).is_ok() {
+            // Which run wrote each row, so a restart can take back what a crash left of an
+            // unfinished checkpoint (see the sink): null without checkpoints.
+            columns.push((WRITER.to_string(), Type::INT8, true));
+            columns.push((CHECKPOINT.to_string(), Type::INT8, true));
             (WriteMode::Append, EVENT_TIME.to_string(), "api_calls")
         } else {
             return Err(format!(
@@ -187,12 +210,27 @@ impl TableLayout {
     /// Plain PostgreSQL: a BRIN index on the time column (tiny, and right for append-mostly
     /// time-ordered rows).
     pub fn plain_indexes(&self) -> Vec<String> {
-        vec![format!(
+        let mut indexes = vec![format!(
             "CREATE INDEX IF NOT EXISTS {} ON {} USING brin ({})",
             self.index_name("time_brin"),
             self.qualified(),
             quote(&self.time_column)
-        )]
+        )];
+        indexes.extend(self.checkpoint_index());
+        indexes
+    }
+
+    /// A BRIN index on the checkpoint tag (rows are appended in checkpoint order, so it stays
+    /// tiny), for the restart's delete.
+    pub fn checkpoint_index(&self) -> Option<String> {
+        self.is_tagged().then(|| {
+            format!(
+                "CREATE INDEX IF NOT EXISTS {} ON {} USING brin ({})",
+                self.index_name("checkpoint_brin"),
+                self.qualified(),
+                quote(CHECKPOINT)
+            )
+        })
     }
 
     /// Plain PostgreSQL retention: run periodically by the sink.
@@ -218,6 +256,7 @@ impl TableLayout {
             "SELECT create_hypertable({literal}, {}, chunk_time_interval => INTERVAL '1 day', if_not_exists => TRUE, migrate_data => TRUE)",
             format_args!("'{}'", self.time_column.replace('\'', "''"))
         )];
+        statements.extend(self.checkpoint_index());
         let segment_by: Vec<&str> = match &self.mode {
             WriteMode::Upsert { .. } if !self.is_windows() => vec![alert::RULE],
             WriteMode::Upsert { conflict } => conflict

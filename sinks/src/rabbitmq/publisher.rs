@@ -60,7 +60,7 @@ impl Shared {
             wake: Notify::new(),
             confirmed: watch::channel(0).0,
             buffer_max_events,
-            buffered_gauge: metrics.named("buffered_events"),
+            buffered_gauge: metrics.gauge("buffered_events"),
         })
     }
 
