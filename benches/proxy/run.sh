@@ -19,13 +19,16 @@
 #   PAIRS=0: pairs of runs of nginx and the proxy alone, in ABBA order, for the ratio's median
 #   and its confidence interval; PAIR_DURATION=5s: each run of a pair;
 #   PROXY_SETTINGS='key = value': more settings for the proxy source, e.g.
-#   'upstream_keepalive = 0')
+#   'upstream_keepalive = 0'; UPSTREAM_TLS=1: the upstream speaks HTTPS only (HTTP/1.1 by
+#   ALPN, a throwaway CA made with openssl), nginx proxies with `proxy_pass https://`,
+#   `proxy_ssl_session_reuse` and verification on, the proxy source with `upstream_ca_file`;
+#   the direct call is then HTTPS too, and the hyper floor is left out)
 #
 # Then, at a fixed rate (benches' `fixed-rate` tool, open loop), the latency each path adds
 # over the direct call (direct, nginx, nginx + access log, the proxy source; the paths take
 # turns in 1 s slices, so a slow spell of the machine weighs on each alike).
 #
-# Needs: wrk and nginx (Debian: apt-get install wrk nginx-light; strace and valgrind for
+# Needs: wrk and nginx (Debian: apt-get install wrk nginx-light; openssl for UPSTREAM_TLS=1; strace and valgrind for
 # SYSCALLS=1 and CALLGRIND=1), and a release build
 # (cargo build --release -p pipeline -p benches). Everything listens on 127.0.0.1 only.
 set -euo pipefail
@@ -42,7 +45,7 @@ nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 
 # Every server here listens with SO_REUSEPORT, so a leftover from an earlier run on one of
 # these ports would silently take a share of the connections: refuse to start instead.
-for port in 18002 18080 18081 18180 18181 19090 19091 19190; do
+for port in 18002 18443 18080 18081 18180 18181 19090 19091 19190; do
   if ss -Htln "sport = :$port" | grep -q .; then
     echo "port $port is already in use (a leftover from an earlier run?): $(ss -Htlnp "sport = :$port")" >&2
     exit 1
@@ -66,6 +69,51 @@ trap cleanup EXIT
 # they one instance, nginx's proxy would hand each call to the upstream inside its own event
 # loop — a hop no real proxy in front of a separate model API gets for free.
 mkdir -p "$work/upstream" "$work/nginx-proxy"
+tls="${UPSTREAM_TLS:-0}"
+tls_server=""
+if [ "$tls" = 1 ]; then
+  command -v openssl >/dev/null || { echo "openssl is missing: apt-get install openssl" >&2; exit 1; }
+  # A throwaway CA and a certificate for localhost, ECDSA P-256 as most providers' are.
+  mkdir -p "$work/tls"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=bench CA" \
+    -keyout "$work/tls/ca.key" -out "$work/tls/ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+    -keyout "$work/tls/server.key" -out "$work/tls/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost\n' > "$work/tls/san.ext"
+  openssl x509 -req -in "$work/tls/server.csr" -CA "$work/tls/ca.pem" -CAkey "$work/tls/ca.key" \
+    -CAcreateserial -days 2 -extfile "$work/tls/san.ext" -out "$work/tls/server.pem" 2>/dev/null
+  # HTTP/1.1 only (no `http2`): nginx's proxy_pass speaks HTTP/1.1 upstream, so both proxies
+  # are measured over the same protocol.
+  tls_server="server {
+    listen 127.0.0.1:18443 ssl reuseport;
+    ssl_certificate $work/tls/server.pem;
+    ssl_certificate_key $work/tls/server.key;
+    ssl_session_cache shared:TLS:10m;
+    keepalive_requests 10000000;
+    location / {
+      default_type application/json;
+      return 200 '{\"id\":\"x\",\"object\":\"chat.completion\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"hello\"},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":5,\"total_tokens\":17}}';
+    }
+  }"
+  upstream_url="https://localhost:18443"
+  proxy_upstream="https://model_api"
+  nginx_upstream_server="127.0.0.1:18443"
+  nginx_tls_settings="proxy_ssl_session_reuse on;
+  proxy_ssl_verify on;
+  proxy_ssl_trusted_certificate $work/tls/ca.pem;
+  proxy_ssl_name localhost;
+  proxy_ssl_server_name on;"
+  proxy_tls_settings="upstream_ca_file = \"$work/tls/ca.pem\""
+  fixed_rate_tls=(--ca-file "$work/tls/ca.pem")
+else
+  upstream_url="http://127.0.0.1:18002"
+  proxy_upstream="http://model_api"
+  nginx_upstream_server="127.0.0.1:18002"
+  nginx_tls_settings=""
+  proxy_tls_settings=""
+  fixed_rate_tls=()
+fi
+direct_url="$upstream_url/v1/chat/completions"
 cat > "$work/upstream/nginx.conf" <<NGINX
 worker_processes 1;
 pid $work/upstream/nginx.pid;
@@ -80,6 +128,7 @@ http {
       return 200 '{"id":"x","object":"chat.completion","model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}';
     }
   }
+  $tls_server
 }
 NGINX
 # nginx as the proxy under comparison, in directory $1, the call log's server on port $2 + 1;
@@ -94,7 +143,8 @@ error_log $dir/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
-  upstream model_api { server 127.0.0.1:18002; keepalive 256; }
+  upstream model_api { server $nginx_upstream_server; keepalive 256; keepalive_requests 10000000; }
+  $nginx_tls_settings
   # Both servers below: keep-alive to the upstream, X-Forwarded-For as the proxy source adds it.
   proxy_http_version 1.1;
   proxy_set_header Connection "";
@@ -102,7 +152,7 @@ http {
   server {
     listen 127.0.0.1:$port reuseport;
     location / {
-      proxy_pass http://model_api;
+      proxy_pass $proxy_upstream;
     }
   }
   # The same proxy recording every call the way nginx can: a buffered access log of each
@@ -117,7 +167,7 @@ http {
     listen 127.0.0.1:$((port + 1)) reuseport;
     access_log $dir/calls.log call buffer=64k flush=1s;
     location / {
-      proxy_pass http://model_api;
+      proxy_pass $proxy_upstream;
     }
   }
 }
@@ -133,7 +183,8 @@ cat > "$work/pipelines.toml" <<TOML
 type = "proxy"
 listen = "127.0.0.1:19090"
 admin_listen = "127.0.0.1:19091"
-upstream = "http://127.0.0.1:18002"
+upstream = "$upstream_url"
+$proxy_tls_settings
 ${PROXY_SETTINGS:-}
 
 [operators.per_10s]
@@ -161,7 +212,9 @@ done
 # The floor: a bare hyper proxy with the source's structure and none of its work (no header
 # rewriting, no body taps, no event), so hyper's own cost and the source's can be told apart.
 floor="$target/release/hyper-proxy-floor"
-if [ -x "$floor" ]; then
+if [ "$tls" = 1 ]; then
+  echo "(no hyper floor rows: it speaks cleartext HTTP to its upstream only)"
+elif [ -x "$floor" ]; then
   setsid "$floor" --listen 127.0.0.1:19190 --upstream 127.0.0.1:18002 > "$work/floor.log" 2>&1 &
   floor_pid=$!
   for _ in $(seq 100); do
@@ -198,11 +251,11 @@ run() {
 # nginx's worker processes (started by now: the proxies above took their time), for the CPU
 # and system-call counts.
 nginx_workers=$(pgrep -P "$(cat "$work/nginx-proxy/nginx.pid")" | tr '\n' ' ')
-echo "wrk -t1 -c$connections -d$duration, POST JSON, on $(nproc) cores, $rounds round(s) of every path in turn"
+echo "wrk -t1 -c$connections -d$duration, POST JSON, on $(nproc) cores, $rounds round(s) of every path in turn; upstream $upstream_url"
 printf '| %-34s | %12s | %10s | %10s |\n' "path" "requests/s" "p50" "p99"
 printf '|%s|%s|%s|%s|\n' "------------------------------------" "--------------" "------------" "------------"
 for _ in $(seq "$rounds"); do
-  run "direct (nginx upstream)" "http://127.0.0.1:18002/v1/chat/completions"
+  run "direct (nginx upstream)" "$direct_url"
   run "nginx proxy_pass" "http://127.0.0.1:18080/v1/chat/completions"
   run "nginx proxy_pass + access log" "http://127.0.0.1:18081/v1/chat/completions"
   run "pipeline proxy (events -> window)" "http://127.0.0.1:19090/v1/chat/completions"
@@ -284,7 +337,7 @@ if [ "${CLOSE_ROUNDS:-$rounds}" -gt 0 ]; then
   printf '| %-34s | %12s |\n' "path" "requests/s"
   printf '|%s|%s|\n' "------------------------------------" "--------------"
   for _ in $(seq "${CLOSE_ROUNDS:-$rounds}"); do
-    run_close "direct (nginx upstream)" "http://127.0.0.1:18002/v1/chat/completions"
+    run_close "direct (nginx upstream)" "$direct_url"
     run_close "nginx proxy_pass" "http://127.0.0.1:18080/v1/chat/completions"
     run_close "pipeline proxy (events -> window)" "http://127.0.0.1:19090/v1/chat/completions"
     if [ -n "${floor_pid:-}" ]; then
@@ -298,7 +351,7 @@ fixed_rate="$target/release/fixed-rate"
 if [ -x "$fixed_rate" ]; then
   echo
   "$fixed_rate" --rate "${RATE:-5000}" --duration "$duration" --rounds "${LATENCY_ROUNDS:-$rounds}" \
-    http://127.0.0.1:18002/v1/chat/completions \
+    "${fixed_rate_tls[@]}" "$direct_url" \
     http://127.0.0.1:18080/v1/chat/completions \
     http://127.0.0.1:18081/v1/chat/completions \
     http://127.0.0.1:19090/v1/chat/completions

@@ -13,6 +13,9 @@
 //! one whole target after another, a spell lands on one target and decides its p99, while in
 //! slices it weighs on every target alike.
 //!
+//! `https://` targets are called over TLS (HTTP/1.1, sessions resumed), verified against
+//! `--ca-file`.
+//!
 //! cargo run --release -p benches --bin fixed-rate -- --rate 5000 --duration 10s URL...
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +26,7 @@ use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -49,9 +53,30 @@ struct Options {
     /// Rounds of measuring every target; the summary gives the median of the rounds.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// PEM file of the CA that `https://` targets' certificates chain to.
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
     /// Target URLs; the first is the baseline.
     #[arg(required = true)]
     urls: Vec<String>,
+}
+
+/// The TLS client settings for `https://` targets.
+fn tls_config(ca_file: Option<&std::path::Path>) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(path) = ca_file {
+        for certificate in rustls::pki_types::CertificateDer::pem_file_iter(path)? {
+            roots.add(certificate?)?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(config)
 }
 
 const BODY: &str = r#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}"#;
@@ -59,16 +84,23 @@ const BODY: &str = r#"{"model": "gpt-4o", "messages": [{"role": "user", "content
 /// One target and the client (with its pooled connections) it is measured through for a round.
 struct Target {
     uri: hyper::Uri,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl Target {
-    fn new(url: &str) -> anyhow::Result<Self> {
+    fn new(url: &str, tls: &rustls::ClientConfig) -> anyhow::Result<Self> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls.clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         Ok(Self {
             uri: url.parse()?,
             client: Client::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(1024)
-                .build_http(),
+                .build(connector),
         })
     }
 }
@@ -170,10 +202,11 @@ async fn send_at_rate(
 /// One round: every target warmed up, then measured in turns of `slice` until each has had
 /// `duration`.
 async fn measure_round(options: &Options) -> anyhow::Result<Vec<Summary>> {
+    let tls = tls_config(options.ca_file.as_deref())?;
     let targets = options
         .urls
         .iter()
-        .map(|url| Target::new(url))
+        .map(|url| Target::new(url, &tls))
         .collect::<anyhow::Result<Vec<_>>>()?;
     for target in &targets {
         send_at_rate(
