@@ -145,7 +145,7 @@ fn render(health: &Value, before: &Sample, after: &Sample) -> String {
         }
         let _ = writeln!(
             out,
-            "\n{:<22} {:<9} {:<12} {:>10} {:>10} {:>12} {:>8} {:>8} {:>6} {:>8}",
+            "\n{:<22} {:<9} {:<12} {:>10} {:>10} {:>12} {:>8} {:>8} {:>6} {:>8} {:>7} {:>7} {:>7}",
             "COMPONENT",
             "KIND",
             "TYPE",
@@ -155,7 +155,10 @@ fn render(health: &Value, before: &Sample, after: &Sample) -> String {
             "ERRORS",
             "DROPPED",
             "QUEUE",
-            "LAG"
+            "LAG",
+            "LATE",
+            "FUTURE",
+            "CAPPED"
         );
         for component in pipeline["components"].as_array().into_iter().flatten() {
             let id = component["id"].as_str().unwrap_or_default();
@@ -169,9 +172,10 @@ fn render(health: &Value, before: &Sample, after: &Sample) -> String {
                 .as_i64()
                 .map(|w| format!("{:.1}s", (now_micros - w) as f64 / 1e6))
                 .unwrap_or_else(|| "-".into());
+            let counter = |name: &str| component["counters"][name].as_u64().unwrap_or(0);
             let _ = writeln!(
                 out,
-                "{:<22} {:<9} {:<12} {:>10} {:>10} {:>12} {:>8} {:>8} {:>6} {:>8}",
+                "{:<22} {:<9} {:<12} {:>10} {:>10} {:>12} {:>8} {:>8} {:>6} {:>8} {:>7} {:>7} {:>7}",
                 id,
                 component["kind"].as_str().unwrap_or_default(),
                 component["type"].as_str().unwrap_or_default(),
@@ -181,7 +185,10 @@ fn render(health: &Value, before: &Sample, after: &Sample) -> String {
                 number("errors") as u64,
                 number("dropped") as u64,
                 number("queue_depth") as u64,
-                lag
+                lag,
+                number("late") as u64,
+                counter("future_events"),
+                counter("keys_capped") + counter("keys_dropped")
             );
         }
     }

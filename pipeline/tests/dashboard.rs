@@ -51,7 +51,8 @@ async fn every_dashboard_query_runs_against_the_sinks_tables() {
     };
     tokio::spawn(connection);
     let schema = format!("dashboard_{}", uuid::Uuid::new_v4().simple());
-    // The central pipeline's shape: raw calls, 10 s / 1 min windows and alerts into the database.
+    // The central pipeline's shape: raw calls, prices, 10 s / 1 min windows and alerts into the
+    // database.
     let text = format!(
         r#"
 [sources.calls]
@@ -63,15 +64,21 @@ count = 30000
 streaming_ratio = 0.5
 seed = 7
 
+# Some models priced and one not, so both of the spend panel's queries have figures.
+[operators.priced]
+type = "price"
+inputs = ["calls"]
+prices = [{{ model = "gpt-4o", input = 2.5, output = 10.0 }}, {{ model = "resnet-50", input = 0.1, output = 0.1 }}]
+
 [operators.per_10s]
 type = "window"
-inputs = ["calls"]
+inputs = ["priced"]
 size = "10s"
 key = ["model", "endpoint"]
 
 [operators.per_minute]
 type = "window"
-inputs = ["calls"]
+inputs = ["priced"]
 size = "1m"
 key = ["model", "endpoint"]
 

@@ -1,7 +1,8 @@
 //! The dashboard in a real headless Chromium (Debian's `chromium`; `.ci/run` installs it),
 //! driven over the DevTools protocol against a running `pipeline demo` with an injected error
 //! burst: the page connects with the demo's key, its charts receive data, the incident's alert
-//! appears in its active alerts, and a screenshot is saved as a test artifact
+//! appears in its active alerts, its event-time table lists the components that keep a
+//! watermark, and a screenshot is saved as a test artifact
 //! (`target/test-artifacts/dashboard.png`, or `$PIPELINE_TEST_ARTIFACTS`).
 //! Under CI=true a missing Chromium fails the test; elsewhere it is skipped with a message.
 
@@ -69,28 +70,131 @@ async fn wait_for(url: &str, limit: Duration) -> Value {
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Sends one DevTools command and returns its result.
-async fn command(socket: &mut Socket, id: u64, method: &str, params: Value) -> Value {
-    let request = json!({ "id": id, "method": method, "params": params }).to_string();
-    socket
-        .send(Message::Text(request.into()))
-        .await
-        .expect("send");
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(20), socket.next())
+/// A DevTools session with one page, which keeps every JavaScript exception the page throws.
+struct Page {
+    socket: Socket,
+    next_id: u64,
+    exceptions: Vec<String>,
+}
+
+impl Page {
+    /// Sends one DevTools command and returns its result.
+    async fn command(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let request = json!({ "id": id, "method": method, "params": params }).to_string();
+        self.socket
+            .send(Message::Text(request.into()))
             .await
-            .expect("DevTools answers")
-            .expect("open")
-            .expect("message");
-        let Message::Text(text) = message else {
-            continue;
-        };
-        let value: Value = serde_json::from_str(&text).expect("JSON");
-        if value["id"] == id {
-            assert!(value.get("error").is_none(), "{method}: {value}");
-            return value["result"].clone();
+            .expect("send");
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(20), self.socket.next())
+                .await
+                .expect("DevTools answers")
+                .expect("open")
+                .expect("message");
+            let Message::Text(text) = message else {
+                continue;
+            };
+            let value: Value = serde_json::from_str(&text).expect("JSON");
+            match value["method"].as_str() {
+                Some("Runtime.exceptionThrown") => self
+                    .exceptions
+                    .push(value["params"]["exceptionDetails"].to_string()),
+                Some("Runtime.consoleAPICalled") if value["params"]["type"] == "error" => {
+                    self.exceptions.push(value["params"]["args"].to_string())
+                }
+                _ => {}
+            }
+            if value["id"] == id {
+                assert!(value.get("error").is_none(), "{method}: {value}");
+                return value["result"].clone();
+            }
         }
     }
+
+    /// `window.dashboardState()`, or null before the page's script has run.
+    async fn dashboard_state(&mut self) -> Value {
+        let result = self
+            .command(
+                "Runtime.evaluate",
+                json!({
+                    "expression": "window.dashboardState ? JSON.stringify(window.dashboardState()) : null",
+                    "returnByValue": true
+                }),
+            )
+            .await;
+        result["result"]["value"]
+            .as_str()
+            .and_then(|text| serde_json::from_str(text).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Polls the page's state until `done` holds, failing with `what` at the deadline.
+    async fn wait_until(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let state = self.dashboard_state().await;
+            if done(&state) {
+                return state;
+            }
+            assert!(Instant::now() < deadline, "{what}: {state}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn screenshot(&mut self, name: &str) {
+        let shot = self
+            .command("Page.captureScreenshot", json!({ "format": "png" }))
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().expect("image data"))
+            .expect("base64");
+        assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        let artifacts = std::env::var_os("PIPELINE_TEST_ARTIFACTS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts")
+            });
+        std::fs::create_dir_all(&artifacts).expect("artifact directory");
+        let path = artifacts.join(name);
+        std::fs::write(&path, png).expect("screenshot written");
+        eprintln!("dashboard screenshot: {}", path.display());
+    }
+}
+
+/// Every chart's series with fewer than two points, as "chart/series".
+fn thin_series(state: &Value) -> Vec<String> {
+    let mut thin = Vec::new();
+    for chart in state["charts"].as_array().into_iter().flatten() {
+        for series in chart["series"].as_array().into_iter().flatten() {
+            if series["points"].as_u64().unwrap_or(0) < 2 {
+                thin.push(format!("{}/{}", chart["id"], series["label"]));
+            }
+        }
+    }
+    thin
+}
+
+/// Whether every chart's legend names each of its series.
+fn legends_name_every_series(state: &Value) -> bool {
+    state["charts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|chart| {
+            let legend = chart["legend"].as_array().cloned().unwrap_or_default();
+            chart["series"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .all(|series| legend.contains(&series["label"]))
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,69 +258,92 @@ async fn the_dashboard_shows_live_charts_and_the_incidents_alert() {
         .and_then(|t| t["webSocketDebuggerUrl"].as_str())
         .expect("a page target")
         .to_string();
-    let (mut socket, _) = tokio_tungstenite::connect_async(page)
+    let (socket, _) = tokio_tungstenite::connect_async(page)
         .await
         .expect("DevTools connects");
-    let url = format!("http://127.0.0.1:{monitor}/#key=test-api-key-12345");
-    command(&mut socket, 1, "Page.enable", json!({})).await;
-    command(&mut socket, 2, "Page.navigate", json!({ "url": url })).await;
+    let mut page = Page {
+        socket,
+        next_id: 0,
+        exceptions: Vec::new(),
+    };
+    page.command("Page.enable", json!({})).await;
+    page.command("Runtime.enable", json!({})).await;
 
-    // Generous: on a loaded CI machine the charts have been seen one point short at 45 s. The
-    // demo and its incident outlast the deadline, so the alert is still firing at the end.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut id = 10;
-    let state = loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        id += 1;
-        let result = command(
-            &mut socket,
-            id,
-            "Runtime.evaluate",
-            json!({
-                "expression": "window.dashboardState ? JSON.stringify(window.dashboardState()) : null",
-                "returnByValue": true
-            }),
+    // Let the demo record a few 10 s windows first: the page must show them on load.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let url = format!("http://127.0.0.1:{monitor}/#key=test-api-key-12345");
+    page.command("Page.navigate", json!({ "url": url })).await;
+
+    // On load, in the first drawing: every series of every chart has more than one point, from
+    // the snapshot of recent windows and the history, without waiting for new windows.
+    let loaded = page
+        .wait_until(
+            "the charts were never drawn",
+            Duration::from_secs(20),
+            |state| state["charts"].as_array().is_some_and(|c| c.len() >= 4),
         )
         .await;
-        let state: Value = result["result"]["value"]
-            .as_str()
-            .and_then(|text| serde_json::from_str(text).ok())
-            .unwrap_or(Value::Null);
-        let charted = state["points"].as_u64().unwrap_or(0) >= 12;
-        let alerted = state["activeAlerts"].as_array().is_some_and(|alerts| {
-            alerts
-                .iter()
-                .any(|a| a == "firing HighErrorRate llama-3-70b")
-        });
-        if charted && alerted {
-            break state;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the dashboard never showed data and the alert: {state}"
-        );
-    };
-    assert_eq!(state["status"], "live", "{state}");
+    eprintln!(
+        "first paint after {} ms; history: {}",
+        loaded["firstPaintMs"], loaded["history"]
+    );
+    let thin = thin_series(&loaded);
+    assert!(
+        thin.is_empty(),
+        "on load these series had one point or none: {thin:?} in {loaded}"
+    );
+    assert!(legends_name_every_series(&loaded), "{loaded}");
+    assert!(loaded["keyRows"].as_u64().unwrap_or(0) >= 2, "{loaded}");
 
-    id += 1;
-    let shot = command(
-        &mut socket,
-        id,
-        "Page.captureScreenshot",
-        json!({ "format": "png" }),
+    // Live: new windows arrive over the WebSocket, the incident's alert fires, and the
+    // event-time table names the components that keep a watermark (the windows).
+    let state = page
+        .wait_until(
+            "the dashboard never showed live updates, the alert and event time",
+            Duration::from_secs(120),
+            |state| {
+                let alerted = state["activeAlerts"].as_array().is_some_and(|alerts| {
+                    alerts
+                        .iter()
+                        .any(|a| a == "firing HighErrorRate llama-3-70b")
+                });
+                let timed = state["eventTime"]
+                    .as_array()
+                    .is_some_and(|components| !components.is_empty());
+                state["updates"].as_u64().unwrap_or(0) > 0 && alerted && timed
+            },
+        )
+        .await;
+    assert_eq!(state["status"], "live", "{state}");
+    assert!(legends_name_every_series(&state), "{state}");
+    assert!(
+        state["alertSpans"].as_u64().unwrap_or(0) >= 1,
+        "the firing period is shaded: {state}"
+    );
+    assert_eq!(state["horizontalScroll"], false, "{state}");
+    page.screenshot("dashboard.png").await;
+
+    // A phone, 390 px wide: nothing scrolls sideways, the charts redraw at its width.
+    page.command(
+        "Emulation.setDeviceMetricsOverride",
+        json!({ "width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": true }),
     )
     .await;
-    let png = base64::engine::general_purpose::STANDARD
-        .decode(shot["data"].as_str().expect("image data"))
-        .expect("base64");
-    assert!(png.starts_with(b"\x89PNG"), "a PNG");
-    let artifacts = std::env::var_os("PIPELINE_TEST_ARTIFACTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts")
-        });
-    std::fs::create_dir_all(&artifacts).expect("artifact directory");
-    let path = artifacts.join("dashboard.png");
-    std::fs::write(&path, png).expect("screenshot written");
-    eprintln!("dashboard screenshot: {}", path.display());
+    let phone = page
+        .wait_until(
+            "at 390 px the page scrolls sideways",
+            Duration::from_secs(10),
+            |state| state["horizontalScroll"] == false && thin_series(state).is_empty(),
+        )
+        .await;
+    assert!(legends_name_every_series(&phone), "{phone}");
+    page.screenshot("dashboard-390.png").await;
+
+    let errors = phone["errors"].as_array().cloned().unwrap_or_default();
+    assert!(errors.is_empty(), "the page's own errors: {errors:?}");
+    assert!(
+        page.exceptions.is_empty(),
+        "JavaScript errors in the console: {:?}",
+        page.exceptions
+    );
 }

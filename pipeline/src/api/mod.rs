@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod call_metrics;
+pub mod dashboard;
 pub mod error;
 pub mod historical;
 pub mod historical_pg;
@@ -126,7 +127,9 @@ pub fn router(state: Arc<AppState>) -> Result<Router, String> {
         .route("/ready", get(routes::ready))
         .route("/openapi.json", get(openapi::document))
         .route("/docs", get(openapi::docs))
-        .route("/", get(openapi::dashboard))
+        .route("/", get(dashboard::page))
+        .route("/assets/uplot.min.js", get(dashboard::uplot_js))
+        .route("/assets/uplot.min.css", get(dashboard::uplot_css))
         .merge(read)
         .merge(admin)
         .fallback(not_found)

@@ -1,6 +1,6 @@
 //! `GET /openapi.json` (OpenAPI 3, written by hand beside the routes it describes) and
 //! `GET /docs` (a page that renders it and sends requests with a key kept in the browser).
-//! Also the dashboard page at `/`. All are compiled into the binary: no CDN, no build step.
+//! Both are compiled into the binary: no CDN, no build step.
 
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{Html, IntoResponse};
@@ -8,7 +8,6 @@ use serde_json::Value;
 
 const DOCUMENT: &str = include_str!("assets/openapi.json");
 const DOCS: &str = include_str!("assets/docs.html");
-const DASHBOARD: &str = include_str!("assets/dashboard.html");
 
 /// The document with this build's version.
 pub fn document_value() -> Value {
@@ -28,11 +27,6 @@ pub async fn document() -> impl IntoResponse {
 
 pub async fn docs() -> Html<&'static str> {
     Html(DOCS)
-}
-
-/// `GET /`: the live dashboard (its data comes through the WebSocket and the API, with a key).
-pub async fn dashboard() -> Html<&'static str> {
-    Html(DASHBOARD)
 }
 
 #[cfg(test)]

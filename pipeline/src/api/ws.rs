@@ -75,7 +75,7 @@ fn snapshot(state: &AppState, filter: &Filter) -> String {
     let field = |row: &serde_json::Map<String, Value>, name: &str| {
         row.get(name).and_then(Value::as_str).map(str::to_string)
     };
-    let windows = state.live.latest(|row| {
+    let windows = state.live.recent(|row| {
         filter.keeps(
             field(row, "model").as_deref(),
             field(row, "endpoint").as_deref(),
