@@ -323,3 +323,102 @@ async fn a_response_cut_short_mid_body_is_recorded_and_its_client_connection_clo
     assert_eq!(calls[0].outcome, Outcome::UpstreamUnreachable);
     assert_eq!(calls[0].response_bytes, Some(9));
 }
+
+/// Sends `head` a few bytes at a time, a pause between, until the proxy answers or closes;
+/// returns what it answered and how long the connection stayed open.
+async fn trickle(address: &str, head: &[u8], pause: Duration) -> (String, Duration) {
+    let started = std::time::Instant::now();
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    let mut answer = Vec::new();
+    for piece in head.chunks(4).cycle().take(1000) {
+        if stream.write_all(piece).await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout(pause, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                answer.extend_from_slice(&buf[..n]);
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), stream.read_to_end(&mut answer))
+                        .await;
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    (
+        String::from_utf8_lossy(&answer).to_string(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_trickles_its_request_head_gets_a_408_on_both_paths() {
+    let (upstream, _) = start_raw_upstream(fine).await;
+    // A head that never ends: a header line repeated, 4 bytes every 200 ms.
+    let head = b"GET /slow HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaa\r\n";
+    for forwarding in ["direct", "hyper"] {
+        let proxy = Proxy::start(
+            &format!("http://{upstream}"),
+            &format!("http1_forwarding = \"{forwarding}\"\nheader_read_timeout = \"1s\""),
+            64,
+        )
+        .await;
+        let address = proxy.url.trim_start_matches("http://").to_string();
+        let (answer, open_for) = trickle(&address, head, Duration::from_millis(200)).await;
+        assert!(
+            open_for < Duration::from_secs(4),
+            "{forwarding}: the connection stayed open {open_for:?}"
+        );
+        if forwarding == "direct" {
+            assert!(
+                answer.starts_with("HTTP/1.1 408 "),
+                "{forwarding}: {answer}"
+            );
+            assert!(
+                answer.contains("\"type\":\"timeout\""),
+                "{forwarding}: {answer}"
+            );
+            assert!(
+                answer.contains("header_read_timeout"),
+                "{forwarding}: {answer}"
+            );
+        }
+        // The proxy still serves everyone else.
+        let response = post_chat(&client(), &proxy.url, "{}").await;
+        assert_eq!(response.status(), 200, "{forwarding}");
+        let calls = proxy.stop().await;
+        let refused: Vec<_> = calls
+            .iter()
+            .filter(|c| c.status_code == Some(408))
+            .collect();
+        assert_eq!(refused.len(), 1, "{forwarding}: {calls:?}");
+        assert_eq!(refused[0].outcome, Outcome::ClientError);
+        if forwarding == "direct" {
+            assert!(
+                refused[0].response_bytes.unwrap_or(0) > 0,
+                "{:?}",
+                refused[0]
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_that_is_not_http_gets_a_json_400_and_an_event() {
+    let (upstream, _) = start_raw_upstream(fine).await;
+    let proxy = Proxy::start(&format!("http://{upstream}"), "", 64).await;
+    let answer = raw_exchange(
+        proxy.url.trim_start_matches("http://"),
+        b"GET /a HTTP/1.1\r\nHo st: x\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(answer.contains("\"type\":\"bad_request\""), "{answer}");
+    assert!(answer.contains("\"source\":\"proxy\""), "{answer}");
+    let calls = proxy.stop().await;
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].status_code, Some(400));
+    assert!(calls[0].response_bytes.unwrap_or(0) > 0, "{:?}", calls[0]);
+}

@@ -101,6 +101,10 @@ pub struct ProxyConfig {
     /// Time allowed for the upstream's response headers.
     #[serde(default = "default_response_timeout")]
     pub response_timeout: ConfigDuration,
+    /// Time a client has to send a whole request head once it started one: a client that
+    /// trickles its head (slowloris) gets a 408 and the connection closes.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: ConfigDuration,
     /// Header naming the model (e.g. `x-model-name`); wins over every other recogniser.
     pub model_header: Option<String>,
     /// A regex over the path with a named group `model`.
@@ -193,6 +197,9 @@ fn default_connect_timeout() -> ConfigDuration {
 }
 fn default_response_timeout() -> ConfigDuration {
     ConfigDuration::from_secs(300)
+}
+fn default_header_read_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(10)
 }
 fn default_body_prefix() -> usize {
     64 * 1024

@@ -40,8 +40,13 @@ pub struct WorkerShared {
 
 impl WorkerShared {
     pub fn new(forwarder: &Forwarder, stop: CancellationToken) -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(forwarder.config.header_read_timeout.0);
         Self {
-            builder: auto::Builder::new(TokioExecutor::new()),
+            builder,
             graceful: GracefulShutdown::new(),
             idle_senders: Arc::new(forwarder.idle_upstreams()),
             idle_streams: Arc::new(forwarder.idle_upstreams()),
@@ -135,9 +140,12 @@ impl HyperConnection {
             // Requests hyper rejected before any handler ran still become events.
             if let Some(error) = error.downcast_ref::<hyper::Error>() {
                 if error.is_parse_too_large() {
-                    forwarder.malformed_request(client, 431, &error.to_string(), since);
+                    forwarder.malformed_request(client, 431, &error.to_string(), since, 0);
                 } else if error.is_parse() {
-                    forwarder.malformed_request(client, 400, &error.to_string(), since);
+                    forwarder.malformed_request(client, 400, &error.to_string(), since, 0);
+                } else if error.is_timeout() {
+                    // header_read_timeout: hyper closes the connection.
+                    forwarder.malformed_request(client, 408, &error.to_string(), since, 0);
                 }
             }
         }

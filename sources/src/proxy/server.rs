@@ -230,14 +230,22 @@ impl Forwarder {
                 "the client stopped sending the request body before its end",
             ),
         };
-        record.emit(Some(outcome), Some(0), None);
-        Self::json_error(StatusCode::BAD_REQUEST, kind, message)
+        let response = Self::json_error(StatusCode::BAD_REQUEST, kind, message);
+        record.emit(Some(outcome), Some(body_length(&response)), None);
+        response
     }
 
     /// Records a request hyper refused before it reached `handle` (malformed request line or
     /// headers, an invalid Content-Length, headers over the size limit): hyper answers it with
     /// `status` and closes the connection; the event says what happened.
-    pub fn malformed_request(&self, client: SocketAddr, status: u16, detail: &str, since: Instant) {
+    pub fn malformed_request(
+        &self,
+        client: SocketAddr,
+        status: u16,
+        detail: &str,
+        since: Instant,
+        response_bytes: u64,
+    ) {
         let mut labels = std::collections::BTreeMap::new();
         labels.insert("client_address".to_string(), client.ip().to_string());
         let event = ApiCall {
@@ -247,6 +255,7 @@ impl Forwarder {
             status_code: Some(status),
             outcome: Outcome::ClientError,
             latency_ms: since.elapsed().as_secs_f64() * 1000.0,
+            response_bytes: Some(response_bytes),
             upstream: Some(self.upstream.authority.clone()),
             labels,
             error: Some(detail.to_string()),
@@ -370,12 +379,13 @@ impl Forwarder {
             let mut record = record;
             record.event.status_code = Some(501);
             record.event.outcome = Outcome::ServerError;
-            record.emit(None, Some(0), None);
-            return Ok(Self::json_error(
+            let response = Self::json_error(
                 StatusCode::NOT_IMPLEMENTED,
                 "upgrade_refused",
                 "this proxy does not pass protocol upgrades through (websocket = \"refuse\")",
-            ));
+            );
+            record.emit(None, Some(body_length(&response)), None);
+            return Ok(response);
         }
         let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut request));
         // HTTP/1.1 calls to an HTTP/1.1 upstream go over the client connection's own upstream
@@ -411,12 +421,17 @@ impl Forwarder {
         match upstream_target(&parts.uri, &self.upstream.base_path, absolute) {
             Some(uri) => parts.uri = uri,
             None => {
-                record.emit(Some(Outcome::ClientError), Some(0), None);
-                return Ok(Self::json_error(
+                let response = Self::json_error(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
                     "the request target cannot be forwarded",
-                ));
+                );
+                record.emit(
+                    Some(Outcome::ClientError),
+                    Some(body_length(&response)),
+                    None,
+                );
+                return Ok(response);
             }
         }
         let upgrade_headers = is_upgrade.then(|| {

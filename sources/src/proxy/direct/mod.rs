@@ -124,7 +124,12 @@ enum Parsed {
     Complete(Prepared),
     Partial,
     HandOff,
+    /// Not an HTTP/1 request head (and not HTTP/2's preface): answered 400, with why.
+    Malformed(String),
 }
+
+/// The first bytes of an HTTP/2 connection with prior knowledge (RFC 9113 §3.4): left to hyper.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 /// What went wrong between sending a request and reading its response head.
 enum ExchangeError {
@@ -196,11 +201,17 @@ impl DirectConnection {
         mut stopped: Pin<&mut WaitForCancellationFutureOwned>,
         deadline: &mut CoarseDeadline,
     ) -> Next {
+        // Set once a head has begun: the rest of it must arrive by then.
+        let mut head_deadline: Option<(tokio::time::Instant, Instant)> = None;
         let prepared = loop {
             if !self.client_buf.is_empty() {
                 match self.prepare() {
                     Parsed::Complete(prepared) => break prepared,
                     Parsed::HandOff => return Next::HandOff,
+                    Parsed::Malformed(why) => {
+                        let since = head_deadline.map_or_else(Instant::now, |(_, began)| began);
+                        return self.malformed_head(400, "Bad Request", &why, since).await;
+                    }
                     Parsed::Partial if self.client_buf.len() > MAX_REQUEST_HEAD => {
                         return Next::HandOff
                     }
@@ -216,7 +227,27 @@ impl DirectConnection {
                     () = &mut stopped => return Next::Close,
                 }
             } else {
-                self.client.read_buf(&mut self.client_buf).await
+                let (deadline, began) = *head_deadline.get_or_insert_with(|| {
+                    let now = tokio::time::Instant::now();
+                    (
+                        now + self.forwarder.config.header_read_timeout.0,
+                        now.into_std(),
+                    )
+                });
+                match tokio::time::timeout_at(deadline, self.client.read_buf(&mut self.client_buf))
+                    .await
+                {
+                    Ok(read) => read,
+                    Err(_) => {
+                        let why = format!(
+                            "the request head was not complete within {} (header_read_timeout)",
+                            self.forwarder.config.header_read_timeout
+                        );
+                        return self
+                            .malformed_head(408, "Request Timeout", &why, began)
+                            .await;
+                    }
+                }
             };
             match read {
                 Ok(0) | Err(_) => return Next::Close,
@@ -648,6 +679,28 @@ impl DirectConnection {
         Next::Continue
     }
 
+    /// A request head the proxy cannot read (`status` 400) or that did not arrive in time
+    /// (408): a JSON error, an event for the record, and the connection closes.
+    async fn malformed_head(
+        &mut self,
+        status: u16,
+        reason: &str,
+        why: &str,
+        since: Instant,
+    ) -> Next {
+        let kind = if status == 408 {
+            "timeout"
+        } else {
+            "bad_request"
+        };
+        let body = json_error_body(kind, why);
+        if let Ok(client) = self.client.peer_addr() {
+            self.forwarder
+                .malformed_request(client, status, why, since, body.len() as u64);
+        }
+        self.answer_error(status, reason, &body, true).await
+    }
+
     /// A chunked request body that breaks its framing: 400, and the connection closes.
     async fn bad_request_body(
         &mut self,
@@ -669,7 +722,10 @@ impl DirectConnection {
         let head_len = match request.parse_with_uninit_headers(&self.client_buf, &mut headers) {
             Ok(httparse::Status::Complete(head_len)) => head_len,
             Ok(httparse::Status::Partial) => return Parsed::Partial,
-            Err(_) => return Parsed::HandOff,
+            Err(_) if self.client_buf.starts_with(HTTP2_PREFACE) => return Parsed::HandOff,
+            Err(error) => {
+                return Parsed::Malformed(format!("the request head is invalid: {error}"))
+            }
         };
         let (Some(method), Some(target), Some(version)) =
             (request.method, request.path, request.version)
