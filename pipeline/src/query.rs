@@ -13,7 +13,7 @@ use arrow::util::pretty::pretty_format_batches;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::ListingOptions;
 use datafusion::execution::context::SQLOptions;
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::TryStreamExt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -25,7 +25,8 @@ pub enum OutputFormat {
 
 /// A session with every history table that has at least one file registered.
 pub async fn session(data: &str) -> anyhow::Result<(SessionContext, Vec<String>)> {
-    let context = SessionContext::new();
+    let context =
+        SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
     let registered = register_history(&context, data).await?;
     Ok((context, registered))
 }

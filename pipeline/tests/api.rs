@@ -328,6 +328,28 @@ async fn sql_reads_the_history_and_refuses_everything_else() {
     let body: Value = response.json().await.expect("JSON");
     assert!(message(&body).starts_with("`body`:"), "{body}");
     assert!(message(&body).contains("query"), "{body}");
+
+    // The statements the refusal offers work.
+    for offered in [
+        "SHOW TABLES",
+        "SHOW COLUMNS FROM window_metrics",
+        "DESCRIBE window_metrics",
+    ] {
+        let (status, body) = api.sql(offered, ADMIN_KEY).await;
+        assert_eq!(status, 200, "{offered}: {body}");
+        assert!(
+            body["row_count"].as_u64().unwrap_or(0) > 0,
+            "{offered}: {body}"
+        );
+    }
+    // A body over the limit is 413, with the JSON error shape.
+    let huge = format!("SELECT '{}'", "x".repeat(3 * 1024 * 1024));
+    let (status, body) = api.sql(&huge, ADMIN_KEY).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("payload_too_large")),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -443,7 +465,12 @@ async fn cors_and_prometheus_metrics() {
     assert_eq!(calls, 12000.0, "{text}");
     assert!(text.contains("# TYPE gen_ai_server_time_to_first_token_seconds histogram"));
     assert!(text.contains("le=\"0.005\"") && text.contains("le=\"+Inf\""));
-    assert!(text.contains("gen_ai_client_token_usage_total{model=\"gpt-4o\""));
+    assert!(text.contains("gen_ai_server_token_usage_bucket{model=\"gpt-4o\""));
+    assert!(text.contains("gen_ai_server_token_usage_sum{model=\"gpt-4o\""));
+    assert!(
+        !text.contains("counter_total"),
+        "no metric name holds its type"
+    );
     check_with_promtool(&text);
 }
 
@@ -473,12 +500,14 @@ fn check_with_promtool(text: &str) {
         .write_all(text.as_bytes())
         .expect("write");
     let output = child.wait_with_output().expect("promtool ends");
-    assert!(
-        output.status.success(),
-        "promtool: {}{}",
+    // Exit 0 and nothing said: no lint finding either.
+    let said = format!(
+        "{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    assert!(output.status.success(), "promtool: {said}");
+    assert!(said.trim().is_empty(), "promtool: {said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -664,6 +693,39 @@ async fn alert_rules_change_through_the_api_apply_to_the_run_and_persist() {
         );
         assert!(
             message(&body).starts_with("rule `Typo`: `condition`:"),
+            "{body}"
+        );
+        // Names and texts have length limits, named in the answer.
+        let long_name =
+            serde_json::json!({ "name": "n".repeat(100_000), "condition": "count >= 1" });
+        let (status, body) = send(
+            &client,
+            Method::POST,
+            rules.clone(),
+            ADMIN_KEY,
+            Some(long_name),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            message(&body).starts_with("`name`: 100000 characters"),
+            "{body}"
+        );
+        let long_summary = serde_json::json!({
+            "name": "Long", "condition": "count >= 1",
+            "annotations": { "summary": "s".repeat(5000) }
+        });
+        let (status, body) = send(
+            &client,
+            Method::POST,
+            rules.clone(),
+            ADMIN_KEY,
+            Some(long_summary),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            message(&body).starts_with("`annotations.summary`:"),
             "{body}"
         );
         let unknown = serde_json::json!({ "name": "X", "condition": "count > 1", "sevrity": "x" });

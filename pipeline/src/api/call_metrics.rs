@@ -1,7 +1,8 @@
 //! The monitored APIs' own metrics for Prometheus, fed by an `api` sink on raw `api_call`
-//! events: request duration and time to first token as histograms with OpenTelemetry's
-//! buckets, and token counters, under OpenTelemetry-style names (`http.server.request.duration`
-//! → `http_server_request_duration_seconds`). Label sets are capped per family: past the cap,
+//! events: request duration, time to first token and token usage per call as histograms with
+//! OpenTelemetry's buckets, and spend counters, under OpenTelemetry-style names
+//! (`http.server.request.duration` → `http_server_request_duration_seconds`), on the server's
+//! side since the proxy measures calls where they are served. Label sets are capped per family: past the cap,
 //! new ones are counted under `model="other"`, `http_route="other"`.
 
 use std::collections::HashMap;
@@ -24,6 +25,11 @@ pub const DURATION_BUCKETS: [f64; 14] = [
 /// OpenTelemetry's buckets for `gen_ai.server.time_to_first_token`, in seconds.
 pub const TTFT_BUCKETS: [f64; 16] = [
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+/// OpenTelemetry's buckets for `gen_ai.client.token.usage` (tokens per call, by type).
+pub const TOKEN_BUCKETS: [f64; 14] = [
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
 ];
 /// Label sets kept per family before new ones go to the `other` bucket.
 pub const MAX_SERIES: usize = 2000;
@@ -61,7 +67,7 @@ type Labels = Vec<String>;
 struct Families {
     duration: HashMap<Labels, Histogram>,
     ttft: HashMap<Labels, Histogram>,
-    tokens: HashMap<Labels, u64>,
+    tokens: HashMap<Labels, Histogram>,
     /// `(model, route)`: USD spent, from each call's `cost_usd`.
     cost: HashMap<Labels, f64>,
     /// `(model, route)`: calls that reported usage but carry no cost.
@@ -216,7 +222,10 @@ impl CallMetrics {
                 if let Some(count) = number(batch, column, row) {
                     reported_usage = true;
                     let labels = vec![model.clone(), route.clone(), kind.to_string()];
-                    *capped(tokens, labels, overflowed, || 0) += count as u64;
+                    capped(tokens, labels, overflowed, || {
+                        Histogram::new(TOKEN_BUCKETS.len())
+                    })
+                    .observe(&TOKEN_BUCKETS, count);
                 }
             }
             match number(batch, COST_USD, row) {
@@ -261,10 +270,11 @@ impl CallMetrics {
             &["model", "http_route"],
             &families.ttft,
         );
-        render_counters(
+        render_histograms(
             out,
-            "gen_ai_client_token_usage_total",
-            "Tokens the model APIs reported (or the proxy counted), by type.",
+            "gen_ai_server_token_usage",
+            "Tokens per call the model APIs reported (or the proxy counted), by type (OpenTelemetry gen_ai.client.token.usage, measured where calls are served); _sum is the total.",
+            &TOKEN_BUCKETS,
             &["model", "http_route", "gen_ai_token_type"],
             &families.tokens,
         );

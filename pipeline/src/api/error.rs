@@ -31,6 +31,29 @@ impl ApiError {
     }
 }
 
+/// The answer to a JSON body that could not be read: 413 for one over the size limit, 415 for
+/// a missing JSON content type, 400 naming what is wrong otherwise.
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::JsonRejection) -> Self {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "the request body is larger than the API accepts ({} bytes)",
+                    super::MAX_BODY_BYTES
+                ),
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the request body must be JSON, sent with `Content-Type: application/json`",
+            ),
+            _ => Self::bad_field("body", rejection.body_text()),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (

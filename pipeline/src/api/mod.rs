@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::routing::{get, post, put};
 use axum::{middleware, Router};
@@ -89,6 +90,9 @@ pub fn check(settings: &ApiSettings) -> Result<(), String> {
     Ok(())
 }
 
+/// The largest request body the API reads (a query, a rule); larger ones answer 413.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
 /// Every route, with the scope each needs.
 pub fn router(state: Arc<AppState>) -> Result<Router, String> {
     let guard = |scope| Guard {
@@ -133,6 +137,7 @@ pub fn router(state: Arc<AppState>) -> Result<Router, String> {
         .merge(read)
         .merge(admin)
         .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state.clone());
     if let Some(cors) = cors(&state.settings.cors_origins)? {
         app = app.layer(cors);

@@ -151,8 +151,45 @@ fn commit(state: &AppState, handle: &RuleHandle, rules: Vec<RuleConfig>) -> Resu
 }
 
 fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(value)| value)
-        .map_err(|e| ApiError::bad_field("body", e.body_text()))
+    Ok(body.map(|Json(value)| value)?)
+}
+
+/// The longest rule name, label or annotation name the API takes.
+const MAX_NAME_CHARS: usize = 200;
+/// The longest condition, label value or annotation text the API takes.
+const MAX_TEXT_CHARS: usize = 4096;
+
+/// Refuses a rule whose names or texts are longer than a notification can sensibly carry.
+fn check_lengths(rule: &RuleConfig) -> Result<(), ApiError> {
+    let too_long = |field: String, text: &str, limit: usize| {
+        let chars = text.chars().count();
+        if chars > limit {
+            Err(ApiError::bad_field(
+                &field,
+                format!("{chars} characters; at most {limit}"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    too_long("name".into(), &rule.name, MAX_NAME_CHARS)?;
+    too_long("severity".into(), &rule.severity, MAX_NAME_CHARS)?;
+    for (field, text) in [
+        ("condition", &rule.condition),
+        ("anomaly", &rule.anomaly),
+        ("value", &rule.value),
+    ] {
+        if let Some(text) = text {
+            too_long(field.into(), text, MAX_TEXT_CHARS)?;
+        }
+    }
+    for (table, map) in [("labels", &rule.labels), ("annotations", &rule.annotations)] {
+        for (name, text) in map {
+            too_long(table.to_string(), name, MAX_NAME_CHARS)?;
+            too_long(format!("{table}.{name}"), text, MAX_TEXT_CHARS)?;
+        }
+    }
+    Ok(())
 }
 
 /// `GET /api/v1/alerts/rules`.
@@ -179,6 +216,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     check_params(&params, &["operator"])?;
     let rule = body(rule)?;
+    check_lengths(&rule)?;
     let handle = pick(&state, &params)?;
     let mut rules = handle.rules();
     if rules.iter().any(|r| r.name == rule.name) {
@@ -209,6 +247,7 @@ pub async fn replace(
 ) -> Result<Json<Value>, ApiError> {
     check_params(&params, &["operator"])?;
     let rule = body(rule)?;
+    check_lengths(&rule)?;
     if rule.name != name {
         return Err(ApiError::bad_field(
             "name",

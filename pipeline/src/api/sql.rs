@@ -33,7 +33,7 @@ fn refused_or_invalid(error: DataFusionError) -> ApiError {
     let (code, message) = if text.contains("not supported") || text.contains("Only") {
         (
             "refused",
-            format!("only read-only queries are allowed (SELECT, WITH, EXPLAIN, SHOW, DESCRIBE): {text}"),
+            format!("only read-only queries are allowed (SELECT, WITH, EXPLAIN, DESCRIBE, SHOW TABLES, SHOW COLUMNS FROM t): {text}"),
         )
     } else {
         ("invalid_query", text)
@@ -66,7 +66,10 @@ async fn run(state: &AppState, sql: &str) -> Result<Value, ApiError> {
         )
         .build_arc()
         .map_err(execution_error)?;
-    let context = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
+    let context = SessionContext::new_with_config_rt(
+        SessionConfig::new().with_information_schema(true),
+        runtime,
+    );
     let tables = register_history(&context, &settings.history)
         .await
         .map_err(|e| {
@@ -139,7 +142,7 @@ pub async fn query(
     State(state): State<Arc<AppState>>,
     body: Result<Json<QueryRequest>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(request) = body.map_err(|e| ApiError::bad_field("body", e.body_text()))?;
+    let Json(request) = body?;
     if request.sql.trim().is_empty() {
         return Err(ApiError::bad_field("sql", "empty"));
     }
