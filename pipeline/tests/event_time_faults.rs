@@ -9,7 +9,8 @@
 //! - RabbitMQ is stopped and started again;
 //! - an event with a negative latency is mixed in.
 //!
-//! Afterwards every window in PostgreSQL holds exactly the good events sent in it, nothing went
+//! Afterwards every window in PostgreSQL holds exactly the good events sent in it, the raw
+//! calls table holds every accepted call once, nothing went
 //! to `late` (but the 1970 events), the 2100 events are in the dead-letter queue with the
 //! reason `event_time_in_future`, and the negative latency is dead-lettered naming its field.
 //!
@@ -257,6 +258,8 @@ struct Observed {
     future_events: u64,
     dead_letters: Vec<(String, String)>,
     sent: Vec<ApiCall>,
+    /// (rows, distinct request ids) of the raw calls in PostgreSQL.
+    raw: (i64, i64),
 }
 
 async fn scenario(fault: Fault) -> Observed {
@@ -451,6 +454,14 @@ key_prefix = "{queue}"
             )
         })
         .collect();
+    let raw_row = pg
+        .query_one(
+            &format!("SELECT count(*), count(DISTINCT request_id) FROM \"{schema}\".api_calls"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let raw = (raw_row.get::<_, i64>(0), raw_row.get::<_, i64>(1));
     let mut dead_letters = Vec::new();
     let dead_queue = format!("{queue}.dead");
     while let Ok(Some(message)) = channel
@@ -485,6 +496,7 @@ key_prefix = "{queue}"
         future_events,
         dead_letters,
         sent,
+        raw,
     }
 }
 
@@ -535,10 +547,23 @@ fn assert_exact(fault: Fault, outcome: &Observed) {
         extra.is_empty(),
         "{fault:?}: windows nothing was sent to: {extra:?}"
     );
+    // Every raw call the decoder accepted is in PostgreSQL once: all but the dead-lettered
+    // ones (from 2100, and the negative latency), the 1970 ones included.
+    let accepted = outcome
+        .sent
+        .iter()
+        .filter(|call| call.event_time < YEAR_2100 && call.latency_ms >= 0.0)
+        .count() as i64;
+    assert_eq!(
+        outcome.raw,
+        (accepted, accepted),
+        "{fault:?}: raw api_calls in PostgreSQL (rows, distinct request ids)"
+    );
     eprintln!(
-        "{fault:?}: {} events in {} windows, all exact; late {}, future {}, dead letters {}",
+        "{fault:?}: {} events in {} windows, all exact; raw calls {} once each; late {}, future {}, dead letters {}",
         outcome.sent.len(),
         outcome.expected.len(),
+        outcome.raw.0,
         outcome.late,
         outcome.future_events,
         outcome.dead_letters.len()
