@@ -13,7 +13,7 @@ use std::time::Instant;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use clap::Parser;
-use engine::component::{Collector, Operator, Sink};
+use engine::component::{Collector, CommitPlan, Operator, Sink};
 use engine::config::SourceText;
 use engine::message::Barrier;
 use engine::metrics::ComponentMetrics;
@@ -70,6 +70,14 @@ async fn postgres(options: &Options) -> anyhow::Result<()> {
         ),
         api_call_schema(),
     )?;
+    // As in a pipeline with checkpoints: every row tagged with its writer and checkpoint,
+    // which is what keeps raw rows exactly once across a crash.
+    sink.begin(Some(CommitPlan {
+        restored: 0,
+        next: 1,
+        lineage: 1,
+    }))
+    .await?;
     let started = Instant::now();
     for batch in &batches {
         sink.write(batch.clone()).await?;
