@@ -116,7 +116,7 @@ fn gzipped(chunks: &[Bytes], chunk: Option<usize>) -> Vec<Bytes> {
 
 /// A 64 KB chat completion: long generated text, then the usage.
 fn json_64k() -> Bytes {
-    let words: String = (0..9000).map(|i| format!("w{} ", i % 97)).collect();
+    let words: String = (0..20_000).map(|i| format!("w{} ", i % 97)).collect();
     let text = &words[..64 * 1024 - 400];
     Bytes::from(format!(
         r#"{{"id":"chatcmpl-9x","object":"chat.completion","created":1732000000,"model":"gpt-4o-mini","choices":[{{"index":0,"message":{{"role":"assistant","content":"{text}"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":31,"completion_tokens":16000,"total_tokens":16031}}}}"#
