@@ -131,7 +131,7 @@ pub fn render(batches: &[RecordBatch], format: OutputFormat) -> anyhow::Result<S
                 writer.write(&flat_for_csv(batch)?)?;
             }
             let mut text = String::from_utf8(writer.into_inner())?;
-            // One line per row and nothing after the last: `wc -l` counts rows + header.
+            // One line per row and nothing after the last, so no empty line ends the output.
             if text.ends_with('\n') {
                 text.pop();
             }
