@@ -716,6 +716,26 @@ async fn malformed_requests_on(settings: &str) {
         "{:?}",
         &too_large[..too_large.len().min(80)]
     );
+    // A valid call, then a malformed one on the same connection: the first answer is the
+    // upstream's, byte for byte, the second the proxy's JSON refusal.
+    let after_a_call = raw_exchange(
+        &address,
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\nBad\x01Name: y\r\n\r\n",
+    )
+    .await;
+    assert!(after_a_call.starts_with("HTTP/1.1 200"), "{after_a_call:?}");
+    let second = after_a_call
+        .find("HTTP/1.1 400")
+        .map(|at| &after_a_call[at..])
+        .unwrap_or_else(|| panic!("no 400 after the 200: {after_a_call:?}"));
+    for answer in [
+        invalid_header.as_str(),
+        bad_length.as_str(),
+        too_large.as_str(),
+        second,
+    ] {
+        assert_json_refusal(answer);
+    }
     // A chunked body whose chunk size is not a number.
     let bad_chunk = raw_exchange(
         &address,
@@ -745,10 +765,17 @@ async fn malformed_requests_on(settings: &str) {
         .collect();
     let mut statuses: Vec<u16> = malformed.iter().filter_map(|c| c.status_code).collect();
     statuses.sort();
-    assert_eq!(statuses, [400, 400, 431], "{calls:#?}");
+    assert_eq!(statuses, [400, 400, 400, 431], "{calls:#?}");
     assert!(malformed
         .iter()
         .all(|c| c.outcome == Outcome::ClientError && c.error.is_some()));
+    // Each event records the bytes of the JSON body the client was sent.
+    assert!(
+        malformed
+            .iter()
+            .all(|c| c.response_bytes.is_some_and(|bytes| bytes > 20)),
+        "{malformed:#?}"
+    );
     assert!(calls.iter().any(|c| c.status_code == Some(200)));
     // The bad chunk and the half-sent body: calls started, then the client's doing.
     let started: Vec<&ApiCall> = calls
@@ -767,6 +794,24 @@ async fn malformed_requests_on(settings: &str) {
         started.iter().any(|c| c.outcome == Outcome::ClientAbort),
         "{started:#?}"
     );
+}
+
+/// `answer` is an HTTP/1.1 4xx with the proxy's JSON error body, its length as sent.
+fn assert_json_refusal(answer: &str) {
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no complete head: {answer:?}"));
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {}\r\n", body.len())),
+        "{head} / {body}"
+    );
+    let value: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    assert_eq!(value["error"]["source"], "proxy", "{body}");
+    assert_eq!(value["error"]["type"], "bad_request", "{body}");
+    assert!(value["error"]["message"].is_string(), "{body}");
 }
 
 /// Connections an upstream has accepted, and how many of them are still open.

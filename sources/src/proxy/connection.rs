@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::affinity::IdleSenders;
 use super::config::Http1Forwarding;
 use super::direct::{self, Ended, IdleStreams, Rewind};
+use super::refusals::{JsonRefusals, RefusalCounters};
 use super::server::{ClientConnection, Forwarder};
 use super::upstream::Speaks;
 
@@ -127,24 +128,37 @@ impl HyperConnection {
         let affinity = Arc::new(forwarder.affinity(idle_senders));
         let handler = forwarder.clone();
         let client_connection = Arc::new(ClientConnection::new(client, tls));
+        let refusals = Arc::new(RefusalCounters::default());
+        let handled = refusals.clone();
         let service = service_fn(move |request| {
+            handled.request_handled();
             handler
                 .clone()
                 .handle(request, client_connection.clone(), Some(affinity.clone()))
         });
+        let io = JsonRefusals::new(io, refusals.clone());
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
         let since = Instant::now();
         if let Err(error) = watcher.watch(connection).await {
-            // Requests hyper rejected before any handler ran still become events.
+            // Requests hyper rejected before any handler ran still become events, with the
+            // bytes of the JSON answer that replaced hyper's.
             if let Some(error) = error.downcast_ref::<hyper::Error>() {
+                let answered = refusals.answered_body_bytes();
+                let detail = error.to_string();
                 if error.is_parse_too_large() {
-                    forwarder.malformed_request(client, 431, &error.to_string(), since, 0);
+                    // hyper says which limit in the message only: the target's or the head's.
+                    let status = if detail.contains("URI too long") {
+                        414
+                    } else {
+                        431
+                    };
+                    forwarder.malformed_request(client, status, &detail, since, answered);
                 } else if error.is_parse() {
-                    forwarder.malformed_request(client, 400, &error.to_string(), since, 0);
+                    forwarder.malformed_request(client, 400, &detail, since, answered);
                 } else if error.is_timeout() {
-                    // header_read_timeout: hyper closes the connection.
+                    // header_read_timeout: hyper closes the connection without an answer.
                     forwarder.malformed_request(client, 408, &error.to_string(), since, 0);
                 }
             }

@@ -19,6 +19,7 @@ mod lenient;
 mod listener_tls;
 mod model_json;
 pub mod observe;
+mod refusals;
 mod server;
 mod upstream;
 mod workers;
