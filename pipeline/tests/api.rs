@@ -526,6 +526,31 @@ async fn historical_metrics_regroup_the_parquet_history() {
     let points = body["points"].as_array().expect("points");
     let total: f64 = points.iter().map(|p| p["requests"].as_f64().unwrap()).sum();
     assert_eq!(total, 12000.0, "{body}");
+    // Tokens, spend and time to first token are in the buckets too, adding up to the windows'.
+    let (status, sums) = api
+        .sql(
+            "SELECT sum(output_tokens) AS output_tokens, sum(input_tokens) AS input_tokens FROM window_metrics",
+            ADMIN_KEY,
+        )
+        .await;
+    assert_eq!(status, 200, "{sums}");
+    for column in ["output_tokens", "input_tokens"] {
+        let bucketed: f64 = points.iter().map(|p| p[column].as_f64().unwrap()).sum();
+        assert!(bucketed > 0.0, "{column}: {body}");
+        assert_eq!(
+            bucketed,
+            sums["rows"][0][column].as_f64().unwrap(),
+            "{column}"
+        );
+    }
+    assert!(
+        points
+            .iter()
+            .all(|p| p["p95_ttft_ms"].as_f64().is_some_and(|v| v > 0.0)
+                && p["p50_ttft_ms"].is_number()
+                && p["ttft_count"].as_f64().is_some_and(|v| v > 0.0)),
+        "{body}"
+    );
     // One minute of events: every window falls in the 10:00 bucket, once per key.
     let times: std::collections::BTreeSet<&str> =
         points.iter().map(|p| p["time"].as_str().unwrap()).collect();
@@ -1137,6 +1162,13 @@ history_db_schema = "{schema}"
         .as_str()
         .unwrap()
         .starts_with("2026-05-01T10:00:00")));
+    assert!(
+        points
+            .iter()
+            .all(|p| p["p95_ttft_ms"].as_f64().is_some_and(|v| v > 0.0)
+                && p["output_tokens"].as_f64().is_some_and(|v| v > 0.0)),
+        "{body}"
+    );
     let (_, gpt) = api
         .get(
             &format!("/api/v1/metrics/historical?{range}&step=10s&model=gpt-4o"),

@@ -1,9 +1,10 @@
 //! `GET /api/v1/metrics/historical?model=&endpoint=&window=&from=&to=&step=`: the
 //! `window_metrics` history (Parquet) regrouped into buckets of `step` per model and endpoint,
 //! through DataFusion. Only the newest revision of each window counts; the date partitions
-//! outside `[from, to]` are skipped. Requests, errors and rates add up exactly; latency means
-//! are request-weighted; a bucket's quantiles are the highest of its windows' (exact when
-//! `step` equals the window size).
+//! outside `[from, to]` are skipped. Requests, errors, tokens, spend and rates add up exactly;
+//! latency means are request-weighted; a bucket's quantiles (latency and time to first token)
+//! are the highest of its windows' (exact when `step` equals the window size). Which of those
+//! columns there are follows the table (see [`super::history_columns`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use datafusion::scalar::ScalarValue;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::history_columns::{bucket_aggregates, select_list};
 use super::routes::check_params;
 use super::state::AppState;
 use crate::query::{read_only, register_history};
@@ -84,6 +86,33 @@ fn range(params: &HashMap<String, String>) -> Result<Range, ApiError> {
         ));
     }
     Ok(Range { from, to, step })
+}
+
+/// The key columns every point names, `model` and `endpoint`.
+pub(super) const KEY_COLUMNS: [&str; 2] = ["model", "endpoint"];
+
+/// The SELECT of each key column: the column, or a null when the history's windows are not
+/// keyed by it (`null` is the SQL of a null text); an error when the request filters on it.
+pub(super) fn key_columns(
+    columns: &[String],
+    filtered: &[&str],
+    null: &str,
+) -> Result<Vec<String>, ApiError> {
+    KEY_COLUMNS
+        .iter()
+        .map(|key| {
+            if columns.iter().any(|c| c == key) {
+                Ok(format!("\"{key}\""))
+            } else if filtered.contains(key) {
+                Err(ApiError::bad_field(
+                    key,
+                    format!("the history's windows are not keyed by `{key}`"),
+                ))
+            } else {
+                Ok(format!("{null} AS \"{key}\""))
+            }
+        })
+        .collect()
 }
 
 /// The answer when no `window` was given and the range holds several.
@@ -182,6 +211,20 @@ pub async fn historical(
             json!({ "window": null, "step_seconds": step.as_secs(), "points": [] }),
         ));
     }
+    let columns: Vec<String> = context
+        .table(TABLE)
+        .await
+        .map_err(failed)?
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let filtered: Vec<&str> = KEY_COLUMNS
+        .into_iter()
+        .filter(|k| params.contains_key(*k))
+        .collect();
+    let keys = key_columns(&columns, &filtered, "CAST(NULL AS VARCHAR)")?;
     let mut filters = vec![
         "window_start >= $from".to_string(),
         "window_start < $to".to_string(),
@@ -200,7 +243,7 @@ pub async fn historical(
             ScalarValue::from(to.format("%Y-%m-%d").to_string()),
         ),
     ];
-    for field in ["model", "endpoint"] {
+    for field in KEY_COLUMNS {
         if let Some(value) = params.get(field) {
             filters.push(format!("{field} = ${field}"));
             values.push((field, ScalarValue::from(value.as_str())));
@@ -244,18 +287,13 @@ pub async fn historical(
             FROM {TABLE} WHERE {filters}
         )
         SELECT date_bin(INTERVAL '{step_seconds} seconds', window_start, TIMESTAMP '1970-01-01T00:00:00Z') AS time,
-               model, endpoint,
-               sum(count) AS requests,
-               sum(errors) AS errors,
-               CAST(sum(errors) AS DOUBLE) / CAST(sum(count) AS DOUBLE) AS error_rate,
-               CAST(sum(count) AS DOUBLE) / {step_seconds} AS rate_per_sec,
-               sum(mean_latency_ms * count) / CAST(sum(count) AS DOUBLE) AS mean_latency_ms,
-               max(p50_latency_ms) AS p50_latency_ms,
-               max(p95_latency_ms) AS p95_latency_ms,
-               max(p99_latency_ms) AS p99_latency_ms
+               {keys},
+               {aggregates}
         FROM newest WHERE rank = 1
-        GROUP BY 1, model, endpoint
-        ORDER BY 1, model, endpoint",
+        GROUP BY 1, 2, 3
+        ORDER BY 1, 2, 3",
+        keys = keys.join(", "),
+        aggregates = select_list(&bucket_aggregates(&columns, &step_seconds.to_string())),
         filters = filters.join(" AND ")
     );
     let points = rows(&context, &sql, values).await?;

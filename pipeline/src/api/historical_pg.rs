@@ -1,6 +1,7 @@
 //! `/api/v1/metrics/historical` from PostgreSQL / TimescaleDB (`api.history_db`): the same
 //! buckets as the Parquet path, computed by the database over the `window_metrics` table a
-//! `timescaledb` sink writes (which keeps only each window's newest revision).
+//! `timescaledb` sink writes (which keeps only each window's newest revision), with the
+//! aggregates its columns allow.
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -8,6 +9,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
 use super::error::ApiError;
+use super::historical::key_columns;
+use super::history_columns::{answered_names, bucket_aggregates, select_list};
 use axum::http::StatusCode;
 
 fn unavailable(error: impl std::fmt::Display) -> ApiError {
@@ -51,6 +54,25 @@ pub async fn points(
         .map_err(unavailable)?;
     tokio::spawn(connection);
     let table = format!("{}.\"window_metrics\"", quoted(schema));
+    let columns: Vec<String> = client
+        .query(
+            "SELECT column_name::text FROM information_schema.columns
+             WHERE table_schema = $1 AND table_name = 'window_metrics' ORDER BY ordinal_position",
+            &[&schema],
+        )
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    if columns.is_empty() {
+        return Ok(None);
+    }
+    let filtered: Vec<&str> = [("model", request.model), ("endpoint", request.endpoint)]
+        .into_iter()
+        .filter_map(|(key, value)| value.map(|_| key))
+        .collect();
+    let keys = key_columns(&columns, &filtered, "NULL::text")?;
     let mut filters = vec![
         "window_start >= $1".to_string(),
         "window_start < $2".to_string(),
@@ -86,43 +108,38 @@ pub async fn points(
     filters.push(format!("\"window\" = ${}", params.len()));
     params.push(Box::new(request.step_seconds as f64));
     let step = format!("${}::float8", params.len());
+    let aggregates = bucket_aggregates(&columns, &step);
     let sql = format!(
         "SELECT to_timestamp(floor(extract(epoch FROM window_start)::float8 / {step}) * {step}) AS time,
-                model, endpoint,
-                sum(count)::float8 AS requests,
-                sum(errors)::float8 AS errors,
-                sum(errors)::float8 / NULLIF(sum(count), 0) AS error_rate,
-                sum(count)::float8 / {step} AS rate_per_sec,
-                sum(mean_latency_ms * count) / NULLIF(sum(count), 0) AS mean_latency_ms,
-                max(p50_latency_ms) AS p50_latency_ms,
-                max(p95_latency_ms) AS p95_latency_ms,
-                max(p99_latency_ms) AS p99_latency_ms
-         FROM {table} WHERE {}
-         GROUP BY 1, model, endpoint ORDER BY 1, model, endpoint",
-        filters.join(" AND ")
+                {keys},
+                {select}
+         FROM {table} WHERE {filters}
+         GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        keys = keys.join(", "),
+        select = select_list(&aggregates),
+        filters = filters.join(" AND ")
     );
     let rows = client
         .query(&sql, &borrowed(&params))
         .await
         .map_err(unavailable)?;
+    let names = answered_names(&aggregates);
     let points = rows
         .iter()
         .map(|row| {
             let time: DateTime<Utc> = row.get("time");
-            let number = |name: &str| row.get::<_, Option<f64>>(name);
-            json!({
-                "time": engine::time::format_micros(time.timestamp_micros()),
-                "model": row.get::<_, Option<String>>("model"),
-                "endpoint": row.get::<_, Option<String>>("endpoint"),
-                "requests": number("requests"),
-                "errors": number("errors"),
-                "error_rate": number("error_rate"),
-                "rate_per_sec": number("rate_per_sec"),
-                "mean_latency_ms": number("mean_latency_ms"),
-                "p50_latency_ms": number("p50_latency_ms"),
-                "p95_latency_ms": number("p95_latency_ms"),
-                "p99_latency_ms": number("p99_latency_ms"),
-            })
+            let mut point = serde_json::Map::new();
+            point.insert(
+                "time".into(),
+                json!(engine::time::format_micros(time.timestamp_micros())),
+            );
+            for key in ["model", "endpoint"] {
+                point.insert(key.into(), json!(row.get::<_, Option<String>>(key)));
+            }
+            for name in &names {
+                point.insert((*name).into(), json!(row.get::<_, Option<f64>>(*name)));
+            }
+            Value::Object(point)
         })
         .collect();
     Ok(Some((window, points)))

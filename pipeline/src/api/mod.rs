@@ -9,6 +9,7 @@ pub mod dashboard;
 pub mod error;
 pub mod historical;
 pub mod historical_pg;
+mod history_columns;
 pub mod live;
 pub mod openapi;
 pub mod prometheus;
