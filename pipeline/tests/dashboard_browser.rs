@@ -2,8 +2,10 @@
 //! driven over the DevTools protocol against a running `pipeline demo` with an injected error
 //! burst: the page connects with the demo's key, its charts receive data, the incident's alert
 //! appears in its active alerts, its event-time table lists the components that keep a
-//! watermark, and a screenshot is saved as a test artifact
-//! (`target/test-artifacts/dashboard.png`, or `$PIPELINE_TEST_ARTIFACTS`).
+//! watermark, and screenshots are saved as test artifacts (`target/test-artifacts/`, or
+//! `$PIPELINE_TEST_ARTIFACTS`). Also at 768 and 390 px wide (no sideways scroll); across a
+//! restart of the server (the page says "reconnecting…", comes back live and backfills its
+//! history); and with a wrong key (the page says the key was refused).
 //! Under CI=true a missing Chromium fails the test; elsewhere it is skipped with a message.
 
 use std::net::TcpListener;
@@ -41,6 +43,25 @@ fn chromium() -> Option<&'static str> {
         eprintln!("skipped: no Chromium (apt-get install chromium)");
     }
     found
+}
+
+/// `pipeline demo` on fixed ports, writing under `dir`, with an error burst on llama-3-70b.
+fn start_demo(monitor: u16, ports: &[String], dir: &std::path::Path, duration: &str) -> Process {
+    Process(
+        Command::new(env!("CARGO_BIN_EXE_pipeline"))
+            .args(["demo", "--duration", duration, "--rate", "40"])
+            .args(["--monitor-port", &monitor.to_string()])
+            .args(["--api-port", &ports[0], "--proxy-port", &ports[1]])
+            .args(["--proxy-admin-port", &ports[2], "--webhook-port", &ports[3]])
+            .args(["--incident", "error_burst@1s+140s:llama-3-70b"])
+            .arg("--data")
+            .arg(dir.join("data"))
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the demo starts"),
+    )
 }
 
 /// Kills the process when dropped.
@@ -205,21 +226,7 @@ async fn the_dashboard_shows_live_charts_and_the_incidents_alert() {
     let dir = tempfile::tempdir().expect("tempdir");
     let monitor = free_port();
     let ports: Vec<String> = (0..4).map(|_| free_port().to_string()).collect();
-    let _demo = Process(
-        Command::new(env!("CARGO_BIN_EXE_pipeline"))
-            .args(["demo", "--duration", "150s", "--rate", "40"])
-            .args(["--monitor-port", &monitor.to_string()])
-            .args(["--api-port", &ports[0], "--proxy-port", &ports[1]])
-            .args(["--proxy-admin-port", &ports[2], "--webhook-port", &ports[3]])
-            .args(["--incident", "error_burst@1s+140s:llama-3-70b"])
-            .arg("--data")
-            .arg(dir.path().join("data"))
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the demo starts"),
-    );
+    let mut demo = start_demo(monitor, &ports, dir.path(), "150s");
     wait_for(
         &format!("http://127.0.0.1:{monitor}/health"),
         Duration::from_secs(20),
@@ -323,6 +330,19 @@ async fn the_dashboard_shows_live_charts_and_the_incidents_alert() {
     assert_eq!(state["horizontalScroll"], false, "{state}");
     page.screenshot("dashboard.png").await;
 
+    // A tablet, 768 px wide.
+    page.command(
+        "Emulation.setDeviceMetricsOverride",
+        json!({ "width": 768, "height": 1024, "deviceScaleFactor": 1, "mobile": false }),
+    )
+    .await;
+    page.wait_until(
+        "at 768 px the page scrolls sideways",
+        Duration::from_secs(10),
+        |state| state["horizontalScroll"] == false && thin_series(state).is_empty(),
+    )
+    .await;
+
     // A phone, 390 px wide: nothing scrolls sideways, the charts redraw at its width.
     page.command(
         "Emulation.setDeviceMetricsOverride",
@@ -339,7 +359,51 @@ async fn the_dashboard_shows_live_charts_and_the_incidents_alert() {
     assert!(legends_name_every_series(&phone), "{phone}");
     page.screenshot("dashboard-390.png").await;
 
-    let errors = phone["errors"].as_array().cloned().unwrap_or_default();
+    // The server restarts: the page says so, reconnects by itself, asks the history again for
+    // what it missed, and carries on live with every series still drawn.
+    let before = page.dashboard_state().await;
+    drop(demo);
+    page.wait_until(
+        "the page never said it was reconnecting",
+        Duration::from_secs(15),
+        |state| state["status"].as_str().is_some_and(|s| s.starts_with("reconnecting")),
+    )
+    .await;
+    demo = start_demo(monitor, &ports, dir.path(), "90s");
+    let updates_before = before["updates"].as_u64().unwrap_or(0);
+    let loads_before = before["history"]["loads"].as_u64().unwrap_or(0);
+    let back = page
+        .wait_until(
+            "the page did not come back live after the restart",
+            Duration::from_secs(60),
+            |state| {
+                state["status"] == "live"
+                    && state["snapshots"].as_u64().unwrap_or(0) >= 2
+                    && state["history"]["loads"].as_u64().unwrap_or(0) > loads_before
+                    && state["updates"].as_u64().unwrap_or(0) > updates_before
+            },
+        )
+        .await;
+    let thin = thin_series(&back);
+    assert!(thin.is_empty(), "after the restart: {thin:?} in {back}");
+    assert!(legends_name_every_series(&back), "{back}");
+
+    // A wrong key: the page says the key was refused instead of spinning.
+    let wrong = format!("http://127.0.0.1:{monitor}/?reload#key=not-the-key");
+    page.command("Page.navigate", json!({ "url": wrong })).await;
+    page.wait_until(
+        "a wrong key was not reported",
+        Duration::from_secs(15),
+        |state| {
+            state["status"]
+                .as_str()
+                .is_some_and(|s| s.contains("API key was refused"))
+        },
+    )
+    .await;
+    drop(demo);
+
+    let errors = back["errors"].as_array().cloned().unwrap_or_default();
     assert!(errors.is_empty(), "the page's own errors: {errors:?}");
     assert!(
         page.exceptions.is_empty(),
