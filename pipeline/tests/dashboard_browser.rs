@@ -366,7 +366,11 @@ async fn the_dashboard_shows_live_charts_and_the_incidents_alert() {
     page.wait_until(
         "the page never said it was reconnecting",
         Duration::from_secs(15),
-        |state| state["status"].as_str().is_some_and(|s| s.starts_with("reconnecting")),
+        |state| {
+            state["status"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("reconnecting"))
+        },
     )
     .await;
     demo = start_demo(monitor, &ports, dir.path(), "90s");

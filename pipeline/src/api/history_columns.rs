@@ -113,7 +113,12 @@ mod tests {
         for yes in ["p50_latency_ms", "p99_9_latency_ms", "p95_ttft_ms"] {
             assert!(is_quantile(yes), "{yes}");
         }
-        for no in ["p_latency_ms", "mean_latency_ms", "px_ttft_ms", "p50_latency"] {
+        for no in [
+            "p_latency_ms",
+            "mean_latency_ms",
+            "px_ttft_ms",
+            "p50_latency",
+        ] {
             assert!(!is_quantile(no), "{no}");
         }
     }
@@ -126,7 +131,13 @@ mod tests {
         );
         assert_eq!(
             answered_names(&plain),
-            ["errors", "requests", "error_rate", "rate_per_sec", "p99_latency_ms"]
+            [
+                "errors",
+                "requests",
+                "error_rate",
+                "rate_per_sec",
+                "p99_latency_ms"
+            ]
         );
         let llm = bucket_aggregates(
             &columns(&[
