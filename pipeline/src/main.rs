@@ -80,10 +80,18 @@ enum Command {
     Status(status::ClientOptions),
     /// A live view of a running instance's per-component throughput and errors.
     Top(status::TopOptions),
+    /// Runs one SQL query for the API in a memory- and CPU-limited process (internal: the
+    /// API starts it, with the query as JSON on stdin).
+    #[command(hide = true)]
+    SqlWorker,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::SqlWorker = cli.command {
+        // Before logging and the multi-threaded runtime: the worker limits itself first.
+        return pipeline::api::sql_worker::main();
+    }
     let _guard = match pipeline::logging::init(&LogOptions {
         format: cli.log_format,
         directory: cli.log_dir.clone(),
@@ -115,6 +123,7 @@ fn main() -> ExitCode {
             Command::ReceiveWebhook(options) => receiver::run(options).await,
             Command::Status(options) => status::status(options).await,
             Command::Top(options) => status::top(options).await,
+            Command::SqlWorker => Ok(pipeline::api::sql_worker::main()),
         }
     });
     match result {

@@ -21,6 +21,18 @@ impl ApiError {
         }
     }
 
+    /// The 413 for a request body over the API's limit.
+    pub fn payload_too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the request body is larger than the API accepts ({} bytes)",
+                super::MAX_BODY_BYTES
+            ),
+        )
+    }
+
     /// A 400 about one request field.
     pub fn bad_field(field: &str, message: impl std::fmt::Display) -> Self {
         Self::new(
@@ -36,14 +48,7 @@ impl ApiError {
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(rejection: axum::extract::rejection::JsonRejection) -> Self {
         match rejection.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => Self::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!(
-                    "the request body is larger than the API accepts ({} bytes)",
-                    super::MAX_BODY_BYTES
-                ),
-            ),
+            StatusCode::PAYLOAD_TOO_LARGE => Self::payload_too_large(),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",

@@ -4,6 +4,7 @@
 //! over the history; API keys with scopes and configurable CORS. One axum router.
 
 pub mod auth;
+mod body_limit;
 pub mod call_metrics;
 pub mod dashboard;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod rules;
 pub mod settings;
 pub mod sink;
 pub mod sql;
+pub mod sql_worker;
 pub mod state;
 pub mod ws;
 
@@ -88,6 +90,15 @@ pub fn check(settings: &ApiSettings) -> Result<(), String> {
     if settings.query_max_rows == 0 {
         return Err("api.query_max_rows must be at least 1".into());
     }
+    for (name, value) in [
+        ("query_memory_mib", settings.query_memory_mib),
+        ("query_max_result_mib", settings.query_max_result_mib),
+        ("query_concurrency", settings.query_concurrency),
+    ] {
+        if value == 0 {
+            return Err(format!("api.{name} must be at least 1"));
+        }
+    }
     Ok(())
 }
 
@@ -139,6 +150,7 @@ pub fn router(state: Arc<AppState>) -> Result<Router, String> {
         .merge(admin)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(body_limit::refuse_announced_oversize))
         .with_state(state.clone());
     if let Some(cors) = cors(&state.settings.cors_origins)? {
         app = app.layer(cors);
@@ -181,6 +193,7 @@ pub fn state(
     let state = Arc::new(AppState {
         live,
         keys: Arc::new(keys),
+        query_slots: tokio::sync::Semaphore::new(settings.query_concurrency),
         settings,
         pipelines,
         started: std::time::Instant::now(),

@@ -55,6 +55,17 @@ pub struct ApiSettings {
     /// Rows a query may return.
     #[serde(default = "default_query_max_rows")]
     pub query_max_rows: usize,
+    /// The largest answer a query may give, in MiB of JSON; a larger one is 413
+    /// `result_too_large`.
+    #[serde(default = "default_query_max_result_mib")]
+    pub query_max_result_mib: usize,
+    /// Queries run at once, each in its own worker process; more wait for a slot within
+    /// their `query_timeout`.
+    #[serde(default = "default_query_concurrency")]
+    pub query_concurrency: usize,
+    /// The executable a query's worker process runs (`<it> sql-worker`): this binary.
+    #[serde(skip, default = "default_query_worker")]
+    pub query_worker: std::path::PathBuf,
     /// A PostgreSQL / TimescaleDB URL whose `window_metrics` table (written by a `timescaledb`
     /// sink) `/api/v1/metrics/historical` reads instead of the Parquet history.
     #[serde(default)]
@@ -94,6 +105,21 @@ fn default_query_memory_mib() -> usize {
 fn default_query_max_rows() -> usize {
     100_000
 }
+fn default_query_max_result_mib() -> usize {
+    64
+}
+fn default_query_concurrency() -> usize {
+    2
+}
+/// This process's own executable, which has the `sql-worker` command: on Linux through
+/// `/proc/self/exe`, which still starts it after an upgrade replaced the file on disk.
+fn default_query_worker() -> std::path::PathBuf {
+    let own = std::path::Path::new("/proc/self/exe");
+    if own.exists() {
+        return own.to_path_buf();
+    }
+    std::env::current_exe().unwrap_or_else(|_| std::path::PathBuf::from("pipeline"))
+}
 fn default_heartbeat() -> ConfigDuration {
     ConfigDuration::from_secs(15)
 }
@@ -114,6 +140,9 @@ impl Default for ApiSettings {
             query_timeout: default_query_timeout(),
             query_memory_mib: default_query_memory_mib(),
             query_max_rows: default_query_max_rows(),
+            query_max_result_mib: default_query_max_result_mib(),
+            query_concurrency: default_query_concurrency(),
+            query_worker: default_query_worker(),
             heartbeat: default_heartbeat(),
             client_buffer: default_client_buffer(),
         }

@@ -41,4 +41,6 @@ pub struct AppState {
     pub settings: ApiSettings,
     pub pipelines: Vec<PipelineInfo>,
     pub started: Instant,
+    /// One permit per query worker allowed to run (`api.query_concurrency`).
+    pub query_slots: tokio::sync::Semaphore,
 }

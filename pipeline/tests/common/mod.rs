@@ -159,3 +159,61 @@ pub async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// POSTs to `path` on `address` only the head of a request announcing a `length`-byte JSON
+/// body, with `Expect: 100-continue`, and returns the status and body of the answer — the
+/// server must answer before reading any of the body, as it should for one it refuses (an
+/// interim `100 Continue` would leave this waiting, and fail).
+pub async fn post_head_only(
+    address: &str,
+    path: &str,
+    length: usize,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connects");
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\nExpect: 100-continue\r\n"
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.expect("head sent");
+    let mut answer = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut buffer = [0u8; 4096];
+        let read = tokio::time::timeout_at(deadline.into(), stream.read(&mut buffer))
+            .await
+            .expect("answered before the body was sent")
+            .expect("reads");
+        answer.extend_from_slice(&buffer[..read]);
+        let text = String::from_utf8_lossy(&answer).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let expected = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= expected || read == 0 {
+                let status = head
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                return (status, body.to_string());
+            }
+        }
+        assert!(
+            read > 0,
+            "the connection closed without an answer: {text:?}"
+        );
+    }
+}
