@@ -44,3 +44,19 @@ pub fn build_pipeline(name: &str, text: &str) -> anyhow::Result<engine::runtime:
 pub mod median_interval;
 pub mod nab;
 pub mod ticker;
+
+/// `GET path` from the HTTP/1.1 server at `address` (`host:port`) over a fresh connection:
+/// the status and the body, or `None` when it does not answer. Answers with a
+/// `content-length` body only (what the pipeline's API and Chromium's DevTools send).
+pub async fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.ok()?;
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}

@@ -201,19 +201,9 @@ async fn main() -> anyhow::Result<()> {
 
 /// Waits until the pipeline's API answers `/health` (with a bare HTTP/1.1 request).
 async fn wait_for_health(base: &str) -> anyhow::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     for _ in 0..200 {
-        if let Ok(mut stream) = tokio::net::TcpStream::connect(base).await {
-            let request =
-                format!("GET /health HTTP/1.1\r\nHost: {base}\r\nConnection: close\r\n\r\n");
-            if stream.write_all(request.as_bytes()).await.is_ok() {
-                let mut answer = String::new();
-                if stream.read_to_string(&mut answer).await.is_ok()
-                    && answer.starts_with("HTTP/1.1 200")
-                {
-                    return Ok(());
-                }
-            }
+        if let Some((200, _)) = benches::http_get(base, "/health").await {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
