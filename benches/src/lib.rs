@@ -60,3 +60,16 @@ pub async fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
     let status = head.split(' ').nth(1)?.parse().ok()?;
     Some((status, body.to_string()))
 }
+
+/// The `pipeline` binary built beside the running bench binary (same profile).
+pub fn pipeline_binary() -> anyhow::Result<std::path::PathBuf> {
+    let binary = std::env::current_exe()?
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("the bench binary has no directory"))?
+        .join("pipeline");
+    anyhow::ensure!(
+        binary.exists(),
+        "build the pipeline binary first: cargo build --release -p pipeline"
+    );
+    Ok(binary)
+}

@@ -160,14 +160,7 @@ fn gzipped_len(bytes: &[u8]) -> anyhow::Result<usize> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let options = Options::parse();
-    let binary = std::env::current_exe()?
-        .parent()
-        .context("no directory")?
-        .join("pipeline");
-    anyhow::ensure!(
-        binary.exists(),
-        "build the pipeline binary first: cargo build --release -p pipeline"
-    );
+    let binary = benches::pipeline_binary()?;
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let file = dir.path().join("paint.toml");

@@ -85,14 +85,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let options = Options::parse();
-    let binary = std::env::current_exe()?
-        .parent()
-        .context("no directory")?
-        .join("pipeline");
-    anyhow::ensure!(
-        binary.exists(),
-        "build the pipeline binary first: cargo build --release -p pipeline"
-    );
+    let binary = benches::pipeline_binary()?;
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("fanout.toml");
     std::fs::write(&file, config(options.rate, options.port))?;
