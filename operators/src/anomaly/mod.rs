@@ -36,8 +36,22 @@ struct AnomalyConfig {
     /// Keys remembered at once; the least recently seen is forgotten beyond this.
     #[serde(default = "default_max_keys")]
     max_keys: usize,
+    /// Windows with fewer calls than this (the input's `count`) are neither scored nor
+    /// learned by detectors of per-call figures (latency, TTFT, error rate, tokens): a p99
+    /// over three calls is noise. Detectors of `count` and `rate_per_sec` see every window,
+    /// so traffic that nearly stops is still scored. Default 5 when the input has `count`.
+    min_count: Option<u64>,
     detectors: Vec<DetectorConfig>,
 }
+
+/// The default `min_count`.
+pub const DEFAULT_MIN_COUNT: u64 = 5;
+
+/// Fields that measure traffic itself: their detectors score windows of any size.
+const VOLUME_FIELDS: [&str; 2] = [
+    engine::schema::window_metrics::COUNT,
+    engine::schema::window_metrics::RATE_PER_SEC,
+];
 
 fn default_time_field() -> String {
     "window_start".to_string()
@@ -78,6 +92,11 @@ pub struct AnomalyOperator {
     /// Per detector, the input column of each of its fields.
     value_columns: Vec<Vec<usize>>,
     revision_column: Option<usize>,
+    /// The input's call count, and the fewest calls a window needs to be scored.
+    count_column: Option<usize>,
+    min_count: u64,
+    /// Per detector: whether `min_count` applies (it scores per-call figures).
+    needs_calls: Vec<bool>,
     max_keys: usize,
     keys: HashMap<String, KeyEntry>,
     sequence: u64,
@@ -169,12 +188,35 @@ impl AnomalyOperator {
             .index_of(engine::schema::window_metrics::REVISION)
             .ok()
             .filter(|&i| input.field(i).data_type() == &DataType::UInt32);
+        let count_column = input
+            .index_of(engine::schema::window_metrics::COUNT)
+            .ok()
+            .filter(|&i| input.field(i).data_type().is_integer());
+        let min_count =
+            match (config.min_count, count_column) {
+                (Some(0), _) => 0,
+                (Some(_), None) => return Err((
+                    at(&["min_count"]),
+                    "the input has no integer `count` field to compare with; remove `min_count`"
+                        .into(),
+                )),
+                (Some(min), Some(_)) => min,
+                (None, Some(_)) => DEFAULT_MIN_COUNT,
+                (None, None) => 0,
+            };
+        let needs_calls = detectors
+            .iter()
+            .map(|d| !d.fields.iter().all(|f| VOLUME_FIELDS.contains(&f.as_str())))
+            .collect();
         Ok(Self {
             detectors,
             key_columns,
             time_column,
             value_columns,
             revision_column,
+            count_column,
+            min_count,
+            needs_calls,
             max_keys: config.max_keys,
             keys: HashMap::new(),
             sequence: 0,
@@ -229,6 +271,13 @@ impl AnomalyOperator {
         let revisions = self
             .revision_column
             .map(|i| batch.column(i).as_primitive::<UInt32Type>().clone());
+        let counts = match self.count_column {
+            Some(i) if self.min_count > 0 => Some(cast(batch.column(i), &DataType::UInt64)?),
+            _ => None,
+        };
+        let counts = counts
+            .as_ref()
+            .map(|c| c.as_primitive::<arrow::datatypes::UInt64Type>());
 
         let mut builders: Vec<[Float64Builder; 4]> = self
             .detectors
@@ -273,10 +322,13 @@ impl AnomalyOperator {
             } else {
                 0
             };
+            let too_few_calls =
+                counts.is_some_and(|c| c.is_null(row) || c.value(row) < self.min_count);
             let mut highest: Option<f64> = None;
             let mut any_flag = false;
             for (d, detector) in self.detectors.iter().enumerate() {
                 point.clear();
+
                 for column in &values[d] {
                     let column = column.as_primitive::<Float64Type>();
                     point.push(if column.is_valid(row) {
@@ -285,7 +337,10 @@ impl AnomalyOperator {
                         f64::NAN
                     });
                 }
-                let verdict = if correction {
+                let verdict = if too_few_calls && self.needs_calls[d] {
+                    // Like a missing value: neither scored nor learned.
+                    None
+                } else if correction {
                     let mut scratch = entry.states[d].clone();
                     detector.observe(&mut scratch, time, &point)
                 } else {

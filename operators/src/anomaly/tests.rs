@@ -16,13 +16,33 @@ fn operator(settings: &str) -> AnomalyOperator {
         .unwrap_or_else(|(path, message)| panic!("{path:?}: {message}"))
 }
 
-/// A batch of window rows for one key with the given p95 latency, error rate and rate.
+/// A batch of window rows for one key with the given p95 latency, error rate and rate, of
+/// 100 calls each.
 fn rows(
     model: &str,
     start_minute: i64,
     p95: &[f64],
     error_rate: &[f64],
     rate: &[f64],
+) -> RecordBatch {
+    rows_counted(
+        model,
+        start_minute,
+        p95,
+        error_rate,
+        rate,
+        &vec![100; p95.len()],
+    )
+}
+
+/// Like [`rows`], with each window's call count.
+fn rows_counted(
+    model: &str,
+    start_minute: i64,
+    p95: &[f64],
+    error_rate: &[f64],
+    rate: &[f64],
+    counts: &[u64],
 ) -> RecordBatch {
     let n = p95.len();
     let model_field = Arc::new(Field::new("model", DataType::Utf8, true));
@@ -48,6 +68,11 @@ fn rows(
                 "error_rate" => Arc::new(arrow::array::Float64Array::from(error_rate.to_vec())),
                 "rate_per_sec" => Arc::new(arrow::array::Float64Array::from(rate.to_vec())),
                 "revision" => Arc::new(UInt32Array::from(vec![0; n])),
+                "count" => arrow::compute::cast(
+                    &arrow::array::UInt64Array::from(counts.to_vec()),
+                    field.data_type(),
+                )
+                .expect("cast counts"),
                 _ => arrow::array::new_null_array(field.data_type(), n).slice(0, n),
             }
         })
@@ -141,6 +166,119 @@ fn no_flags_during_warm_up() {
         .score(&rows("m", 0, &p95, &[0.0; 60], &[1.0; 60]))
         .expect("scored");
     assert!(flags(&out, "p95_latency_ms").is_empty());
+}
+
+#[test]
+fn a_new_key_does_not_flag_during_its_warm_up_with_the_defaults() {
+    for method in ["robust", "sequence"] {
+        let mut op = operator(&format!(
+            r#"detectors = [{{ field = "p95_latency_ms", method = "{method}" }}]"#
+        ));
+        // A warm key, then a new one whose first windows swing wildly.
+        let steady: Vec<f64> = (0..200).map(|i| 200.0 + noise(i, 5.0)).collect();
+        op.score(&rows("warm", 0, &steady, &[0.0; 200], &[10.0; 200]))
+            .expect("scored");
+        let wild: Vec<f64> = (0..30)
+            .map(|i| {
+                if i % 3 == 0 {
+                    2000.0
+                } else {
+                    150.0 + noise(i, 50.0)
+                }
+            })
+            .collect();
+        let out = op
+            .score(&rows("new", 200, &wild, &[0.0; 30], &[10.0; 30]))
+            .expect("scored");
+        assert!(flags(&out, "p95_latency_ms").is_empty(), "{method}");
+        // Once warm, a spike beyond anything seen flags.
+        let mut calm: Vec<f64> = (0..100).map(|i| 200.0 + noise(i, 5.0)).collect();
+        calm[80] = 6000.0;
+        let out = op
+            .score(&rows("new", 230, &calm, &[0.0; 100], &[10.0; 100]))
+            .expect("scored");
+        assert!(flags(&out, "p95_latency_ms").contains(&80), "{method}");
+    }
+}
+
+#[test]
+fn a_deploy_that_makes_a_model_30_percent_slower_flags_once_and_is_then_learned() {
+    for method in ["robust", "sequence"] {
+        let mut op = operator(&format!(
+            r#"detectors = [{{ field = "p95_latency_ms", method = "{method}", direction = "up" }}]"#
+        ));
+        // Ten hours of minute windows; the deploy at 6 h; ±3 % noise throughout.
+        let p95: Vec<f64> = (0..600)
+            .map(|i| {
+                let level = if i < 360 { 200.0 } else { 260.0 };
+                level * (1.0 + noise(i, 0.03))
+            })
+            .collect();
+        let out = op
+            .score(&rows("m", 0, &p95, &[0.0; 600], &[10.0; 600]))
+            .expect("scored");
+        let flagged = flags(&out, "p95_latency_ms");
+        assert_eq!(flagged.len(), 1, "{method}: {flagged:?}");
+        assert!((360..363).contains(&flagged[0]), "{method}: {flagged:?}");
+    }
+}
+
+#[test]
+fn windows_with_few_calls_are_not_scored_as_noise() {
+    let mut op = operator(
+        r#"detectors = [
+            { field = "p95_latency_ms" },
+            { field = "rate_per_sec", direction = "down" },
+        ]"#,
+    );
+    // Busy windows at ~200 ms; every tenth window holds 2 calls with a p95 anywhere.
+    let n = 400;
+    let p95: Vec<f64> = (0..n)
+        .map(|i| {
+            if i % 10 == 5 {
+                900.0 + noise(i, 800.0)
+            } else {
+                200.0 + noise(i, 5.0)
+            }
+        })
+        .collect();
+    let counts: Vec<u64> = (0..n).map(|i| if i % 10 == 5 { 2 } else { 120 }).collect();
+    let mut rate: Vec<f64> = counts.iter().map(|&c| c as f64 / 60.0).collect();
+    // Traffic nearly stops once: still scored, whatever its count.
+    rate[300] = 0.01;
+    let mut counts = counts;
+    counts[300] = 1;
+    let out = op
+        .score(&rows_counted("m", 0, &p95, &[0.0; 400], &rate, &counts))
+        .expect("scored");
+    assert!(flags(&out, "p95_latency_ms").is_empty());
+    let scores = out
+        .column_by_name("anomaly_p95_latency_ms_score")
+        .expect("score");
+    assert!(scores.is_null(5) && scores.is_null(300) && scores.is_valid(6));
+    assert!(flags(&out, "rate_per_sec").contains(&300));
+}
+
+#[test]
+fn min_count_needs_a_count_to_compare_with() {
+    let config: AnomalyConfig = toml::from_str(
+        r#"min_count = 3
+detectors = [{ field = "value" }]"#,
+    )
+    .expect("settings parse");
+    let input = Arc::new(Schema::new(vec![
+        Field::new(
+            "window_start",
+            DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
+            false,
+        ),
+        Field::new("value", DataType::Float64, true),
+    ]));
+    let Err((path, message)) = AnomalyOperator::new(&config, &input) else {
+        panic!("min_count without a count field was accepted");
+    };
+    assert_eq!(path, vec!["min_count".to_string()]);
+    assert!(message.contains("count"), "{message}");
 }
 
 #[test]
