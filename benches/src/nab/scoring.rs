@@ -200,8 +200,122 @@ pub fn score_corpus(files: &[LabelledFile], scores: &[Vec<f64>], profile: &Profi
         .into_iter()
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .unwrap_or((f64::INFINITY, 0.0));
-    let null = -profile.false_negative * windows.len() as f64;
-    // The perfect detector flags the first row of every window and nothing else.
+    let (null, perfect) = corpus_bounds(files, profile);
+    CorpusScore {
+        threshold,
+        raw,
+        null,
+        perfect,
+        normalized: normalize(raw, null, perfect),
+    }
+}
+
+/// The corpus scored at one given threshold: no search at all, as a detector with a shipped
+/// threshold meets data it has never seen.
+pub fn score_corpus_at(
+    files: &[LabelledFile],
+    scores: &[Vec<f64>],
+    profile: &Profile,
+    threshold: f64,
+) -> CorpusScore {
+    let (rows, windows) = corpus_rows(files, scores, profile);
+    let raw = score_at(&rows, &windows, profile, threshold);
+    let (null, perfect) = corpus_bounds(files, profile);
+    CorpusScore {
+        threshold,
+        raw,
+        null,
+        perfect,
+        normalized: normalize(raw, null, perfect),
+    }
+}
+
+/// One held-out group of a [`score_held_out`] evaluation.
+#[derive(Debug, Clone)]
+pub struct HeldOutGroup {
+    pub name: String,
+    /// The threshold chosen on every other group.
+    pub threshold: f64,
+    /// This group scored at that threshold.
+    pub score: CorpusScore,
+}
+
+/// A leave-one-group-out evaluation (NAB's categories as the groups).
+#[derive(Debug, Clone)]
+pub struct HeldOutScore {
+    pub groups: Vec<HeldOutGroup>,
+    /// The held-out scores pooled as NAB pools files: raw, null and perfect summed over the
+    /// groups, then normalised, so each group weighs by its windows.
+    pub normalized: f64,
+}
+
+/// Scores each group with the threshold that is best on all the *other* groups: the figure a
+/// user can expect on series the threshold was not chosen on. `groups[i]` names file `i`'s
+/// group.
+pub fn score_held_out(
+    files: &[LabelledFile],
+    groups: &[&str],
+    scores: &[Vec<f64>],
+    profile: &Profile,
+) -> HeldOutScore {
+    let mut names: Vec<&str> = groups.to_vec();
+    names.sort_unstable();
+    names.dedup();
+    let select = |keep: &dyn Fn(&str) -> bool| {
+        let mut chosen_files = Vec::new();
+        let mut chosen_scores = Vec::new();
+        for ((file, group), file_scores) in files.iter().zip(groups).zip(scores) {
+            if keep(group) {
+                chosen_files.push(file.clone());
+                chosen_scores.push(file_scores.clone());
+            }
+        }
+        (chosen_files, chosen_scores)
+    };
+    let mut held_out = Vec::new();
+    let (mut raw, mut null, mut perfect) = (0.0, 0.0, 0.0);
+    for name in names {
+        let (train_files, train_scores) = select(&|group| group != name);
+        let (test_files, test_scores) = select(&|group| group == name);
+        let threshold = if train_files.is_empty() {
+            f64::INFINITY
+        } else {
+            score_corpus(&train_files, &train_scores, profile).threshold
+        };
+        let score = score_corpus_at(&test_files, &test_scores, profile, threshold);
+        raw += score.raw;
+        null += score.null;
+        perfect += score.perfect;
+        held_out.push(HeldOutGroup {
+            name: name.to_string(),
+            threshold,
+            score,
+        });
+    }
+    HeldOutScore {
+        groups: held_out,
+        normalized: normalize(raw, null, perfect),
+    }
+}
+
+fn normalize(raw: f64, null: f64, perfect: f64) -> f64 {
+    if perfect > null {
+        100.0 * (raw - null) / (perfect - null)
+    } else {
+        0.0
+    }
+}
+
+/// What never flagging and flagging each window at its first scored row earn on `files`.
+fn corpus_bounds(files: &[LabelledFile], profile: &Profile) -> (f64, f64) {
+    let windows: usize = files
+        .iter()
+        .map(|file| {
+            let probation = probation_rows(file.rows);
+            file.windows.iter().filter(|w| w.1 >= probation).count()
+        })
+        .sum();
+    let null = -profile.false_negative * windows as f64;
     let perfect_scores: Vec<Vec<f64>> = files
         .iter()
         .map(|file| {
@@ -217,18 +331,7 @@ pub fn score_corpus(files: &[LabelledFile], scores: &[Vec<f64>], profile: &Profi
         .collect();
     let (perfect_rows, perfect_windows) = corpus_rows(files, &perfect_scores, profile);
     let perfect = score_at(&perfect_rows, &perfect_windows, profile, 1.0);
-    let normalized = if perfect > null {
-        100.0 * (raw - null) / (perfect - null)
-    } else {
-        0.0
-    };
-    CorpusScore {
-        threshold,
-        raw,
-        null,
-        perfect,
-        normalized,
-    }
+    (null, perfect)
 }
 
 fn corpus_rows(
@@ -329,5 +432,44 @@ mod tests {
         let result = score_corpus(&files, &[scores], standard);
         assert_eq!(result.threshold, 0.8);
         assert!((result.normalized - 100.0).abs() < 1e-9, "{result:?}");
+    }
+
+    #[test]
+    fn a_held_out_group_is_scored_at_the_threshold_of_the_others() {
+        let files = vec![file(), file()];
+        let standard = &PROFILES[0];
+        // Group a's windows score 0.9 and its noise 0.5; group b's windows 0.4 and its noise 0.1:
+        // the best threshold for a (0.9) misses all of b, and b's (0.4) flags a's noise.
+        let mut a = vec![0.5; 1000];
+        a[300] = 0.9;
+        a[700] = 0.9;
+        let mut b = vec![0.1; 1000];
+        b[300] = 0.4;
+        b[700] = 0.4;
+        let scores = vec![a, b];
+        let held_out = score_held_out(&files, &["a", "b"], &scores, standard);
+        let threshold_for = |name: &str| {
+            held_out
+                .groups
+                .iter()
+                .find(|g| g.name == name)
+                .map(|g| g.threshold)
+        };
+        assert_eq!(threshold_for("a"), Some(0.4));
+        assert_eq!(threshold_for("b"), Some(0.9));
+        // b scores as never flagging; a flags its noise everywhere: the pooled score is far
+        // below the sample score, where each group could not be told apart from the other.
+        let sample = score_corpus(&files, &scores, standard);
+        assert!(held_out.normalized < 0.0, "{held_out:?}");
+        assert!(sample.normalized > held_out.normalized, "{sample:?}");
+        // With one shared threshold that suits both, held out equals the sample.
+        let mut c = vec![0.1; 1000];
+        c[300] = 0.9;
+        c[700] = 0.9;
+        let same = vec![c.clone(), c];
+        let held_out = score_held_out(&files, &["a", "b"], &same, standard);
+        let sample = score_corpus(&files, &same, standard);
+        assert!((held_out.normalized - sample.normalized).abs() < 1e-9);
+        assert!((score_corpus_at(&files, &same, standard, 0.9).normalized - 100.0).abs() < 1e-9);
     }
 }
