@@ -140,7 +140,11 @@ async fn wait_finished(base: &str) -> anyhow::Result<()> {
             let value: Value = serde_json::from_str(&body).unwrap_or_default();
             let states: Vec<&str> = value["pipelines"]
                 .as_array()
-                .map(|p| p.iter().filter_map(|p| p["state"].as_str()).collect())
+                .map(|p| {
+                    p.iter()
+                        .filter_map(|p| p["run"]["state"].as_str())
+                        .collect()
+                })
                 .unwrap_or_default();
             if !states.is_empty() && states.iter().all(|s| *s == "finished") {
                 return Ok(());

@@ -45,7 +45,10 @@ impl WorkerShared {
         builder
             .http1()
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(forwarder.config.header_read_timeout.0);
+            .header_read_timeout(forwarder.config.header_read_timeout.0)
+            // A client may close its sending side once its request is out and still wait for
+            // the answer (HTTP/1.0 tools, `nc -N`): answer it, as the direct path does.
+            .half_close(true);
         Self {
             builder,
             graceful: GracefulShutdown::new(),

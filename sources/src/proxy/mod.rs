@@ -14,6 +14,7 @@ mod connection;
 pub mod decode;
 mod direct;
 pub mod extract;
+mod framing;
 mod idle;
 mod lenient;
 mod listener_tls;

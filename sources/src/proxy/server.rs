@@ -387,6 +387,24 @@ impl Forwarder {
             record.emit(None, Some(body_length(&response)), None);
             return Ok(response);
         }
+        if let Some(problem) =
+            super::framing::transfer_coding_problem(request.version(), request.headers())
+        {
+            let mut record = record;
+            record.event.status_code = Some(400);
+            record.event.error = Some(problem.to_string());
+            let mut response = Self::json_error(StatusCode::BAD_REQUEST, "bad_request", problem);
+            // What follows on the connection cannot be told apart from this body.
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            record.emit(
+                Some(Outcome::ClientError),
+                Some(body_length(&response)),
+                None,
+            );
+            return Ok(response);
+        }
         let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut request));
         // HTTP/1.1 calls to an HTTP/1.1 upstream go over the client connection's own upstream
         // connection; an upgrade over a connection of its own (it is consumed by the upgrade,

@@ -2,6 +2,10 @@
 //! as the bytes stream past: the direct path forwards the body's bytes unchanged and only needs
 //! to know where the message ends and what its content is (for the request's size and model
 //! prefix, and for the response observer).
+//!
+//! Every line of the framing must end in CRLF. RFC 9112 lets a recipient accept a bare LF, but
+//! the direct path forwards the body's bytes unchanged, so a lenient reading here could end the
+//! body where a stricter upstream does not: the disagreement request smuggling is made of.
 
 use std::ops::Range;
 
@@ -40,6 +44,8 @@ enum State {
     /// At the start of a trailer field line, or the empty line that ends the message.
     TrailerStart,
     TrailerLine,
+    /// Expecting the LF that ends a trailer field line.
+    TrailerLf,
     EndLf,
     Done,
 }
@@ -102,7 +108,6 @@ impl ChunkedScanner {
                     } else {
                         match byte {
                             b'\r' => self.state = State::SizeLf,
-                            b'\n' => self.end_size_line(),
                             b';' | b' ' | b'\t' => self.state = State::Extension,
                             _ => return Err(ChunkError::SizeLine),
                         }
@@ -116,7 +121,7 @@ impl ChunkedScanner {
                     }
                     match byte {
                         b'\r' => self.state = State::SizeLf,
-                        b'\n' => self.end_size_line(),
+                        b'\n' | 0 => return Err(ChunkError::SizeLine),
                         _ => {}
                     }
                     at += 1;
@@ -143,7 +148,6 @@ impl ChunkedScanner {
                 State::DataCr => {
                     match byte {
                         b'\r' => self.state = State::DataLf,
-                        b'\n' => self.start_size_line(),
                         _ => return Err(ChunkError::DataEnd),
                     }
                     at += 1;
@@ -159,22 +163,26 @@ impl ChunkedScanner {
                     self.count_trailer()?;
                     match byte {
                         b'\r' => self.state = State::EndLf,
-                        b'\n' => {
-                            self.state = State::Done;
-                            return Ok(Scanned {
-                                consumed: at + 1,
-                                done: true,
-                            });
-                        }
+                        b'\n' => return Err(ChunkError::Trailers),
                         _ => self.state = State::TrailerLine,
                     }
                     at += 1;
                 }
                 State::TrailerLine => {
                     self.count_trailer()?;
-                    if byte == b'\n' {
-                        self.state = State::TrailerStart;
+                    match byte {
+                        b'\r' => self.state = State::TrailerLf,
+                        b'\n' => return Err(ChunkError::Trailers),
+                        _ => {}
                     }
+                    at += 1;
+                }
+                State::TrailerLf => {
+                    self.count_trailer()?;
+                    if byte != b'\n' {
+                        return Err(ChunkError::Trailers);
+                    }
+                    self.state = State::TrailerStart;
                     at += 1;
                 }
                 State::EndLf => {
@@ -272,10 +280,30 @@ mod tests {
     }
 
     #[test]
-    fn bare_line_feeds_and_upper_case_sizes_are_accepted() {
-        let (content, end) = scan_in_pieces(b"B\n0123456789a\n0\n\n", 3).unwrap();
+    fn upper_case_sizes_are_accepted_and_bare_line_feeds_are_not() {
+        let (content, end) = scan_in_pieces(b"B\r\n0123456789a\r\n0\r\n\r\n", 3).unwrap();
         assert_eq!(content, b"0123456789a");
-        assert_eq!(end, Some(17));
+        assert_eq!(end, Some(21));
+        for (body, error) in [
+            (
+                b"B\n0123456789a\r\n0\r\n\r\n".as_slice(),
+                ChunkError::SizeLine,
+            ),
+            (b"5;ext\nhello\r\n0\r\n\r\n", ChunkError::SizeLine),
+            (b"5\r\nhello\n0\r\n\r\n", ChunkError::DataEnd),
+            (b"5\r\nhello\r\n0\r\n\n", ChunkError::Trailers),
+            (b"0\r\nx-trailer: 1\n\r\n", ChunkError::Trailers),
+            (b"0\r\nx-trailer: 1\rX\r\n\r\n", ChunkError::Trailers),
+        ] {
+            for step in [1, 3, 64] {
+                assert_eq!(
+                    scan_in_pieces(body, step).unwrap_err(),
+                    error,
+                    "{:?} in pieces of {step}",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        }
     }
 
     #[test]
