@@ -196,7 +196,7 @@ async fn start_upstream() -> SocketAddr {
     address
 }
 
-#[tokio::test]
+on_both_paths! {
 async fn calls_are_forwarded_streamed_and_measured() {
     let upstream = start_upstream().await;
     let proxy = Proxy::start(&format!("http://{upstream}"), "", 64).await;
@@ -307,8 +307,9 @@ async fn calls_are_forwarded_streamed_and_measured() {
         .iter()
         .all(|c| c.upstream.as_deref() == Some(authority.as_str())));
 }
+}
 
-#[tokio::test]
+on_both_paths! {
 async fn headers_follow_rfc_9110_and_carry_forwarding_information() {
     let upstream = start_upstream().await;
     let proxy = Proxy::start(
@@ -342,6 +343,7 @@ async fn headers_follow_rfc_9110_and_carry_forwarding_information() {
     let calls = proxy.stop().await;
     assert_eq!(calls[0].request_id, "req-42");
 }
+}
 
 #[tokio::test]
 async fn a_call_without_a_request_id_gets_one_upstream_and_in_its_event_on_both_paths() {
@@ -368,7 +370,7 @@ async fn a_call_without_a_request_id_gets_one_upstream_and_in_its_event_on_both_
     }
 }
 
-#[tokio::test]
+on_both_paths! {
 async fn the_upstream_gets_origin_form_targets_under_its_base_path() {
     let upstream = start_upstream().await;
     // HTTP/1.1 calls go over the client connection's own upstream connection, HTTP/2 calls
@@ -405,8 +407,9 @@ async fn the_upstream_gets_origin_form_targets_under_its_base_path() {
         proxy.stop().await;
     }
 }
+}
 
-#[tokio::test]
+on_both_paths! {
 async fn errors_timeouts_and_unreachable_upstreams_are_answered_and_recorded() {
     let upstream = start_upstream().await;
     let proxy = Proxy::start(
@@ -459,6 +462,7 @@ async fn errors_timeouts_and_unreachable_upstreams_are_answered_and_recorded() {
     assert_eq!(calls[0].outcome, Outcome::UpstreamUnreachable);
     assert_eq!(calls[0].model.as_deref(), Some("m"));
 }
+}
 
 #[tokio::test]
 async fn an_events_time_is_when_its_call_completed_on_both_forwarding_paths() {
@@ -494,10 +498,10 @@ async fn an_events_time_is_when_its_call_completed_on_both_forwarding_paths() {
     }
 }
 
-#[tokio::test]
+on_both_paths! {
 async fn a_client_that_goes_away_mid_stream_is_recorded_as_an_abort() {
     let upstream = start_upstream().await;
-    let proxy = Proxy::start(&format!("http://{upstream}"), "", 64).await;
+    let mut proxy = Proxy::start(&format!("http://{upstream}"), "", 64).await;
     let mut response = client()
         .post(format!("{}/v1/chat/completions", proxy.url))
         .body(r#"{"stream": true, "model": "m"}"#)
@@ -506,13 +510,14 @@ async fn a_client_that_goes_away_mid_stream_is_recorded_as_an_abort() {
         .unwrap();
     response.chunk().await.unwrap();
     drop(response);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    proxy.wait_for_calls(1).await;
     let calls = proxy.stop().await;
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].outcome, Outcome::ClientAbort);
 }
+}
 
-#[tokio::test]
+on_both_paths! {
 async fn calls_succeed_when_the_pipeline_behind_the_proxy_is_stuck() {
     let upstream = start_upstream().await;
     // Nobody reads the proxy's output (capacity 1) and its queue holds 2 events.
@@ -538,8 +543,9 @@ async fn calls_succeed_when_the_pipeline_behind_the_proxy_is_stuck() {
     // The source is blocked on its full output; the test ends without waiting for it.
     proxy.shutdown.cancel();
 }
+}
 
-#[tokio::test]
+on_both_paths! {
 async fn a_workers_partial_batch_reaches_the_pipeline_within_linger() {
     let upstream = start_upstream().await;
     // Three calls never fill a batch of 1,024: they must still arrive while the proxy runs.
@@ -562,8 +568,9 @@ async fn a_workers_partial_batch_reaches_the_pipeline_within_linger() {
     assert_eq!(rows, 3);
     assert!(proxy.stop().await.is_empty());
 }
+}
 
-#[tokio::test]
+on_both_paths! {
 async fn http2_cleartext_clients_are_served() {
     let upstream = start_upstream().await;
     let proxy = Proxy::start(&format!("http://{upstream}"), "", 64).await;
@@ -582,8 +589,9 @@ async fn http2_cleartext_clients_are_served() {
     let calls = proxy.stop().await;
     assert_eq!(calls[0].model.as_deref(), Some("gpt-4o"));
 }
+}
 
-#[tokio::test]
+on_both_paths! {
 async fn websocket_upgrades_pass_through_or_are_refused() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = start_upstream().await;
@@ -624,8 +632,9 @@ async fn websocket_upgrades_pass_through_or_are_refused() {
     assert_eq!(response.status(), 501);
     refusing.stop().await;
 }
+}
 
-#[tokio::test]
+on_both_paths! {
 async fn large_bodies_pass_through_byte_for_byte_in_both_directions() {
     let upstream = start_upstream().await;
     let proxy = Proxy::start(&format!("http://{upstream}"), "", 64).await;
@@ -675,6 +684,7 @@ async fn large_bodies_pass_through_byte_for_byte_in_both_directions() {
         (Some(4 << 20), Some(4 << 20))
     );
 }
+}
 
 /// Sends raw bytes and returns what the proxy answered (until it closes the connection).
 #[tokio::test]
@@ -690,7 +700,7 @@ async fn malformed_requests_get_a_4xx_and_an_event_on_hyper_s_path_too() {
 /// Malformed requests against a proxy with `settings`.
 async fn malformed_requests_on(settings: &str) {
     let upstream = start_upstream().await;
-    let proxy = Proxy::start(&format!("http://{upstream}"), settings, 64).await;
+    let mut proxy = Proxy::start(&format!("http://{upstream}"), settings, 64).await;
     let address = proxy.url.trim_start_matches("http://").to_string();
     let invalid_header = raw_exchange(
         &address,
@@ -757,7 +767,9 @@ async fn malformed_requests_on(settings: &str) {
         .await
         .unwrap();
     assert_eq!(ok.status(), 200);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Four refusals, the call before the second one, the bad chunk, the half-sent body and
+    // the last call.
+    proxy.wait_for_calls(8).await;
     let calls = proxy.stop().await;
     let malformed: Vec<&ApiCall> = calls
         .iter()
@@ -849,7 +861,7 @@ async fn start_counting_upstream(keep_alive: bool) -> (SocketAddr, Arc<Connectio
     (address, count)
 }
 
-#[tokio::test]
+on_both_paths! {
 async fn a_client_connection_keeps_one_upstream_connection_and_reconnects_when_it_closes() {
     use std::sync::atomic::Ordering;
     // Sequential calls on one keep-alive client connection share one upstream connection;
@@ -875,21 +887,22 @@ async fn a_client_connection_keeps_one_upstream_connection_and_reconnects_when_i
     let client = one_connection_client();
     for _ in 0..3 {
         call_ok(&client, &proxy.url).await;
-        // Let the upstream's close arrive, so the next call finds the connection closed.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The upstream has closed it, so the next call finds the connection closed.
+        wait_until_open_upstream_connections(&count, 0).await;
     }
     drop(client);
     for _ in 0..3 {
         call_ok(&one_connection_client(), &proxy.url).await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        wait_until_open_upstream_connections(&count, 0).await;
     }
     assert_eq!(count.accepted.load(Ordering::SeqCst), 6);
     let calls = proxy.stop().await;
     assert_eq!(calls.len(), 6);
     assert!(calls.iter().all(|c| c.outcome == Outcome::Ok), "{calls:?}");
 }
+}
 
-#[tokio::test]
+on_both_paths! {
 async fn a_closed_client_connection_leaves_its_upstream_connection_to_the_next() {
     use std::sync::atomic::Ordering;
     // One worker, and clients that open a connection per call (as `Connection: close` does):
@@ -957,6 +970,7 @@ async fn a_closed_client_connection_leaves_its_upstream_connection_to_the_next()
     wait_until_open_upstream_connections(&count, 0).await;
     proxy.stop().await;
 }
+}
 
 async fn call_ok(client: &reqwest::Client, url: &str) {
     let response = client
@@ -1011,7 +1025,7 @@ async fn wait_for_worker_load(proxy: &Proxy, expected: &[u64]) {
     }
 }
 
-#[tokio::test]
+on_both_paths! {
 async fn connections_are_spread_over_the_workers_and_each_serves_its_calls() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = start_upstream().await;
@@ -1051,8 +1065,9 @@ async fn connections_are_spread_over_the_workers_and_each_serves_its_calls() {
     models.dedup();
     assert_eq!(models, ["m0", "m1", "m2", "m3", "m4", "m5"]);
 }
+}
 
-#[tokio::test]
+on_both_paths! {
 async fn chunked_request_bodies_and_pipelined_head_requests_are_forwarded_and_measured() {
     let upstream = start_upstream().await;
     let proxy = Proxy::start(&format!("http://{upstream}"), "", 64).await;
@@ -1096,4 +1111,5 @@ async fn chunked_request_bodies_and_pipelined_head_requests_are_forwarded_and_me
         (head.status_code, head.response_bytes),
         (Some(200), Some(0))
     );
+}
 }

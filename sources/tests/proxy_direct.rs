@@ -2,6 +2,13 @@
 //! says: what it keeps of the upstream's response, pipelined calls, a hand-off to hyper in the
 //! middle of a connection, a reused upstream connection that closes unanswered, responses
 //! delimited by the connection's close, and responses it cannot forward.
+//!
+//! These are the direct path's own promises, so they run on it alone (every test in
+//! `proxy.rs` and `proxy_tls.rs` runs on both paths): the hyper path re-frames what it
+//! forwards (lower-case header names, a `date`, chunked instead of close-delimited bodies),
+//! forwards a response with a transfer coding other than chunked as read-until-close, as
+//! RFC 9112 §6.3 allows, and does not send a call again when a reused upstream connection closes
+//! unanswered (it answers 502).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

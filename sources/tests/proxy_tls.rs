@@ -198,8 +198,8 @@ async fn tls_connections_to_the_upstream_are_pooled() {
     }
 }
 
+on_both_paths! {
 /// Every encoding a server may choose is read, and forwarded unchanged.
-#[tokio::test]
 async fn every_content_encoding_is_read_for_its_usage() {
     let pki = Pki::new();
     let cert = pki.issue("localhost", &["localhost"], false);
@@ -236,9 +236,10 @@ async fn every_content_encoding_is_read_for_its_usage() {
         );
     }
 }
+}
 
+on_both_paths! {
 /// Anthropic's and Gemini's streams through TLS: first content and usage as each spells them.
-#[tokio::test]
 async fn anthropic_and_gemini_streams_are_understood() {
     let pki = Pki::new();
     let cert = pki.issue("localhost", &["localhost"], false);
@@ -286,6 +287,7 @@ async fn anthropic_and_gemini_streams_are_understood() {
         (Some(6), Some(6), Some(4))
     );
     assert!(gemini.ttft_ms.is_some(), "{gemini:?}");
+}
 }
 
 /// A certificate the proxy must not trust: expired, for another name, or from an unknown CA.
@@ -358,8 +360,8 @@ async fn certificate_failures_are_a_json_502_and_a_clear_event() {
     }
 }
 
+on_both_paths! {
 /// `danger_accept_invalid_upstream_certificates` (tests only) does what it says.
-#[tokio::test]
 async fn verification_can_be_turned_off_explicitly() {
     let pki = Pki::new();
     let cert = pki.issue("expired", &["localhost"], true);
@@ -380,9 +382,10 @@ async fn verification_can_be_turned_off_explicitly() {
     assert_eq!(status, 200);
     proxy.stop().await;
 }
+}
 
+on_both_paths! {
 /// A TLS handshake the upstream never answers times out as a clear 502.
-#[tokio::test]
 async fn a_silent_tls_upstream_times_out() {
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = silent.local_addr().unwrap().port();
@@ -405,10 +408,11 @@ async fn a_silent_tls_upstream_times_out() {
     assert!(error.contains("timed out after 300ms"), "{error}");
     held.abort();
 }
+}
 
+on_both_paths! {
 /// Clients call the proxy over HTTPS (HTTP/1.1 or HTTP/2); a renewed certificate is served
 /// from the next handshake once its files change, with the connection already open kept.
-#[tokio::test]
 async fn clients_call_over_https_and_a_renewed_certificate_is_picked_up() {
     let pki = Pki::new();
     let upstream_cert = pki.issue("localhost", &["localhost"], false);
@@ -498,4 +502,5 @@ async fn clients_call_over_https_and_a_renewed_certificate_is_picked_up() {
     );
     let calls = proxy.stop().await;
     assert!(calls.len() >= 4, "{calls:#?}");
+}
 }

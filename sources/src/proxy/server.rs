@@ -16,7 +16,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{
     Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_ENCODING, CONTENT_TYPE, HOST,
-    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING, UPGRADE,
 };
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Request, Response, StatusCode, Uri};
@@ -40,12 +40,11 @@ pub type ProxyBody = Either<ObservedBody<Incoming>, Full<Bytes>>;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
 /// `Connection` comes first.
-pub(super) static HOP_BY_HOP: [HeaderName; 8] = [
+pub(super) static HOP_BY_HOP: [HeaderName; 7] = [
     CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
     TE,
-    TRAILER,
     TRANSFER_ENCODING,
     UPGRADE,
     PROXY_AUTHORIZATION,
@@ -714,10 +713,9 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
         "proxy-connection" => Some(1),
         "keep-alive" => Some(2),
         "te" => Some(3),
-        "trailer" => Some(4),
-        "transfer-encoding" => Some(5),
-        "upgrade" => Some(6),
-        "proxy-authorization" => Some(7),
+        "transfer-encoding" => Some(4),
+        "upgrade" => Some(5),
+        "proxy-authorization" => Some(6),
         _ => None,
     }
 }

@@ -22,6 +22,34 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+tokio::task_local! {
+    /// The HTTP/1.1 forwarding path (`"direct"` or `"hyper"`) the proxies a test starts use,
+    /// unless the test's own settings name one: set by [`on_both_paths`].
+    pub static FORWARDING: &'static str;
+}
+
+/// Runs each test once per HTTP/1.1 forwarding path, as `<name>::direct` and `<name>::hyper`.
+#[macro_export]
+macro_rules! on_both_paths {
+    ($($(#[$meta:meta])* async fn $name:ident() $body:block)*) => {$(
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn direct() {
+                $crate::proxy_harness::FORWARDING.scope("direct", async $body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn hyper() {
+                $crate::proxy_harness::FORWARDING.scope("hyper", async $body).await
+            }
+        }
+    )*};
+}
+
 pub struct Proxy {
     pub url: String,
     pub admin: String,
@@ -29,13 +57,21 @@ pub struct Proxy {
     pub task: tokio::task::JoinHandle<engine::component::ComponentResult>,
     pub events: mpsc::Receiver<Message>,
     pub metrics: Arc<ComponentMetrics>,
+    /// Calls already taken from `events` by [`Proxy::wait_for_calls`].
+    pub recorded: Vec<ApiCall>,
 }
 
 impl Proxy {
     pub async fn start(upstream: &str, extra: &str, channel_capacity: usize) -> Proxy {
         let (port, admin_port) = (free_port(), free_port());
+        let forwarding = match FORWARDING.try_with(|path| *path) {
+            Ok(path) if !extra.contains("http1_forwarding") => {
+                format!("http1_forwarding = \"{path}\"\n")
+            }
+            _ => String::new(),
+        };
         let config: ProxyConfig = toml::from_str(&format!(
-            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nupstream = \"{upstream}\"\nlinger = \"20ms\"\n{extra}"
+            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nupstream = \"{upstream}\"\nlinger = \"20ms\"\n{forwarding}{extra}"
         ))
         .unwrap();
         let metrics = ComponentMetrics::new();
@@ -72,13 +108,34 @@ impl Proxy {
             task,
             events,
             metrics,
+            recorded: Vec::new(),
+        }
+    }
+
+    /// Waits until the proxy has recorded at least `count` calls (at most 10 s, then panics
+    /// naming how many arrived); [`Proxy::stop`] returns them with the rest.
+    pub async fn wait_for_calls(&mut self, count: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.recorded.len() < count {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(Message::Data(batch))) => {
+                    self.recorded.extend(batch_to_api_calls(&batch).unwrap());
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => panic!(
+                    "{} of {count} calls were recorded within 10 s: {:#?}",
+                    self.recorded.len(),
+                    self.recorded
+                ),
+            }
         }
     }
 
     pub async fn stop(mut self) -> Vec<ApiCall> {
         self.shutdown.cancel();
         self.task.await.unwrap().unwrap();
-        let mut calls = Vec::new();
+        let mut calls = std::mem::take(&mut self.recorded);
         while let Ok(message) = self.events.try_recv() {
             if let Message::Data(batch) = message {
                 calls.extend(batch_to_api_calls(&batch).unwrap());

@@ -333,12 +333,14 @@ fn connection_named<'h>(headers: &[Header<'h>]) -> Vec<&'h [u8]> {
     named
 }
 
-/// The headers RFC 9110 §7.6.1 names as describing one hop (the same list as hyper's path).
+/// The headers RFC 9110 §7.6.1 names as describing one hop, plus `Proxy-Authorization` (the
+/// same list as hyper's path). `Trailer` is not one: it declares the trailer fields that go
+/// with the message, which hyper's client sends only when they are declared.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
     let is = |hop: &str| name.eq_ignore_ascii_case(hop.as_bytes());
     match name.len() {
         2 => is("te"),
-        7 => is("trailer") || is("upgrade"),
+        7 => is("upgrade"),
         10 => is("connection") || is("keep-alive"),
         16 => is("proxy-connection"),
         17 => is("transfer-encoding"),
@@ -541,6 +543,8 @@ mod tests {
             );
         }
         assert!(!is_hop_by_hop(b"x-te"));
+        // It declares the message's trailer fields, end to end.
+        assert!(!is_hop_by_hop(b"trailer"));
         assert!(!is_hop_by_hop(b"content-type"));
     }
 }
