@@ -281,11 +281,15 @@ fn the_demo_runs_and_its_history_answers_sql() {
 fn sigterm_flushes_open_windows_and_sinks_before_exiting() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    let api_port = free_port();
     let config = write(
         dir.path(),
         "live.toml",
         &format!(
-            r#"[sources.calls]
+            r#"[api]
+listen = "127.0.0.1:{api_port}"
+
+[sources.calls]
 type = "generator"
 rate = 200.0
 
@@ -309,7 +313,34 @@ max_file_age = "1h"
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    // Wait until the window has taken in 400 calls (2 s at 200/s), from its Prometheus
+    // counter.
+    let client = reqwest::blocking::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let received = client
+            .get(format!("http://127.0.0.1:{api_port}/metrics"))
+            .send()
+            .and_then(|r| r.text())
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find(|line| {
+                        line.starts_with("pipeline_component_received_events_total{")
+                            && line.contains("component=\"per_hour\"")
+                    })
+                    .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            })
+            .unwrap_or(0.0);
+        if received >= 400.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the window took in only {received} calls"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     // Nothing can have been written yet: the hour-long window is still open.
     assert!(!data.join("window_metrics").exists());
     let status = Command::new("kill")
@@ -340,8 +371,8 @@ max_file_age = "1h"
         .parse()
         .unwrap();
     assert!(
-        flushed > 300,
-        "3 s at 200/s flushed {flushed} events into the open window"
+        flushed >= 400,
+        "the open window flushed only {flushed} of at least 400 events"
     );
 }
 

@@ -41,11 +41,8 @@ fn expand_macros(sql: &str) -> String {
 async fn every_dashboard_query_runs_against_the_sinks_tables() {
     let (client, connection) = match tokio_postgres::connect(URL, NoTls).await {
         Ok(pair) => pair,
-        Err(error) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("PostgreSQL is required at {URL} under CI: {error}")
-        }
         Err(error) => {
-            eprintln!("skipped: no PostgreSQL at {URL} ({error})");
+            engine::testing::missing(&format!("PostgreSQL at {URL}"), error);
             return;
         }
     };

@@ -37,10 +37,7 @@ fn chromium() -> Option<&'static str> {
                 .is_ok_and(|s| s.success())
         });
     if found.is_none() {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("Chromium is required under CI: apt-get install chromium");
-        }
-        eprintln!("skipped: no Chromium (apt-get install chromium)");
+        engine::testing::missing("Chromium", "apt-get install chromium");
     }
     found
 }

@@ -80,7 +80,12 @@ async fn the_proxy_keeps_serving_when_everything_downstream_has_failed() {
     }
     assert_eq!(first.ok(), Some(200));
     // The first event reaches the sink, which fails; the pipeline is now broken downstream.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let store = metrics.get("store").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.errors.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "the sink never failed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(!run.is_finished(), "the proxy keeps the pipeline serving");
     for _ in 0..30 {
         assert_eq!(

@@ -421,7 +421,8 @@ async fn a_consistent_hash_exchange_keeps_each_key_on_one_instance() {
         .collect();
     for queue in &queues {
         let mut tries = 0;
-        // A failed passive declare closes its channel: use a fresh one per try.
+        // The consumer declares and binds its queue before it consumes from it: wait for
+        // the consumer. A failed passive declare closes its channel: a fresh one per try.
         while connection
             .create_channel()
             .await
@@ -435,14 +436,16 @@ async fn a_consistent_hash_exchange_keeps_each_key_on_one_instance() {
                 FieldTable::default(),
             )
             .await
-            .is_err()
+            .map_or(true, |declared| declared.consumer_count() == 0)
         {
             tries += 1;
-            assert!(tries < 100, "the consumer declared its queue");
+            assert!(
+                tries < 200,
+                "the consumer bound its queue and consumes from it"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     publish_through_pipeline(
         &format!("exchange = \"{exchange}\"\nexchange_type = \"x-consistent-hash\"\nrouting_key = \"{{model}}|{{endpoint}}\"\ndeclare = \"check\""),
         calls,

@@ -194,7 +194,14 @@ async fn a_consumer_killed_mid_stream_and_restarted_loses_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Everything delivered is processed and acknowledged after a checkpoint.
+    while unsettled_messages(&queue) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted consumer acknowledged what it processed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let status = Command::new("kill")
         .args(["-TERM", &second.id().to_string()])
         .status()

@@ -254,7 +254,28 @@ encoding = "json"
             .unwrap();
         response.bytes().await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The five events are in the pipeline once the proxy's admin endpoint counts them; on
+    // SIGINT it flushes them through every sink.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let health: serde_json::Value = client
+            .get(format!("http://127.0.0.1:{admin_port}/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let events = health["events"].as_u64().unwrap_or(0);
+        if events >= 5 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{events} of 5 events reached the pipeline: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // SIGINT: the pipeline flushes every window and sink, then exits.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let output = tokio::task::spawn_blocking(move || {
