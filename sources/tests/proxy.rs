@@ -545,6 +545,140 @@ async fn calls_succeed_when_the_pipeline_behind_the_proxy_is_stuck() {
 }
 }
 
+/// `GET path` on the proxy's admin endpoint: status and JSON body.
+async fn admin(proxy: &Proxy, path: &str) -> (u16, serde_json::Value) {
+    let response = client()
+        .get(format!("{}{path}", proxy.admin))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_tells_whether_the_upstream_answers_and_whether_events_get_through() {
+    let upstream = start_upstream().await;
+    // Nobody reads the proxy's output (capacity 1) and its queue holds 2 events.
+    let proxy = Proxy::start(
+        &format!("http://{upstream}"),
+        "queue_capacity = 2\nbatch_size = 1",
+        1,
+    )
+    .await;
+    // No call yet: the health check connects to the upstream itself.
+    let (status, ready) = admin(&proxy, "/ready").await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["checks"]["upstream"]["reachable"], true, "{ready}");
+    assert_eq!(
+        ready["checks"]["upstream"]["checked_by"], "probe",
+        "{ready}"
+    );
+
+    // Liveness never touches the network: before any call it knows nothing of the upstream
+    // beyond that probe.
+    let (_, health) = admin(&proxy, "/health").await;
+    assert_eq!(
+        health["checks"]["upstream"]["checked_by"], "probe",
+        "{health}"
+    );
+
+    let client = client();
+    assert_eq!(
+        post_chat(&client, &proxy.url, r#"{"model":"m"}"#)
+            .await
+            .status(),
+        200
+    );
+    let (status, health) = admin(&proxy, "/health").await;
+    assert_eq!(status, 200);
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(
+        health["checks"]["upstream"]["checked_by"], "calls",
+        "{health}"
+    );
+    assert_eq!(health["checks"]["event_path"]["state"], "ok", "{health}");
+
+    // The pipeline is stuck: calls still pass, events are dropped, and health says so.
+    for _ in 0..20 {
+        assert_eq!(
+            post_chat(&client, &proxy.url, r#"{"model":"m"}"#)
+                .await
+                .status(),
+            200
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let health = loop {
+        let (_, health) = admin(&proxy, "/health").await;
+        if health["checks"]["event_path"]["state"] == "dropping" {
+            break health;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never reported dropping: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(
+        health["checks"]["event_path"]["events_dropped"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(
+        health["checks"]["event_path"]["queued_batches"], 2,
+        "{health}"
+    );
+    // Calls still pass, so the proxy stays ready.
+    assert_eq!(admin(&proxy, "/ready").await.0, 200);
+    proxy.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_cannot_be_reached_makes_the_proxy_unready_with_the_reason() {
+    let closed = free_port();
+    let proxy = Proxy::start(&format!("http://127.0.0.1:{closed}"), "", 64).await;
+    // Liveness alone does not probe: nothing is known yet.
+    let (status, health) = admin(&proxy, "/health").await;
+    assert_eq!((status, &health["status"]), (200, &serde_json::json!("ok")));
+    assert_eq!(
+        health["checks"]["upstream"]["checked_by"], "none",
+        "{health}"
+    );
+    let (status, ready) = admin(&proxy, "/ready").await;
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["ready"], false);
+    let upstream = &ready["checks"]["upstream"];
+    assert_eq!(upstream["reachable"], false, "{ready}");
+    assert_eq!(upstream["checked_by"], "probe", "{ready}");
+    let error = upstream["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("cannot connect to 127.0.0.1:{closed}")),
+        "{error}"
+    );
+    // Liveness stays 200 (restarting the proxy would not bring the upstream back) and reports
+    // the probe's finding.
+    let (status, health) = admin(&proxy, "/health").await;
+    assert_eq!(
+        (status, &health["status"]),
+        (200, &serde_json::json!("degraded"))
+    );
+
+    // A call learns the same, and then speaks for the upstream.
+    assert_eq!(post_chat(&client(), &proxy.url, "{}").await.status(), 502);
+    let (status, ready) = admin(&proxy, "/ready").await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        ready["checks"]["upstream"]["checked_by"], "calls",
+        "{ready}"
+    );
+    let calls = proxy.stop().await;
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].outcome, Outcome::UpstreamUnreachable);
+}
+
 on_both_paths! {
 async fn a_workers_partial_batch_reaches_the_pipeline_within_linger() {
     let upstream = start_upstream().await;

@@ -15,6 +15,7 @@ pub mod decode;
 mod direct;
 pub mod extract;
 mod framing;
+mod health;
 mod idle;
 mod lenient;
 mod listener_tls;
@@ -75,6 +76,8 @@ pub struct Emitter {
     undecoded_invalid: Arc<AtomicU64>,
     prices: Option<PriceTable>,
     unpriced: Arc<AtomicU64>,
+    /// What the calls and the queue say about the upstream and the event path.
+    pub health: Arc<health::Health>,
 }
 
 impl Emitter {
@@ -95,6 +98,7 @@ impl Emitter {
         );
         event.endpoint = Some(route);
         event.model = model;
+        self.health.record_call(&event);
         if let Some(prices) = &self.prices {
             match prices.cost(&event) {
                 Cost::Usd(usd) => event.cost_usd = Some(usd),
@@ -159,7 +163,19 @@ impl Emitter {
         let rows = batch.num_rows() as u64;
         if self.sender.try_send(batch).is_err() {
             self.metrics.add_dropped(rows);
+            self.health.record_drop();
         }
+    }
+
+    /// The event path's state now.
+    pub fn event_path(&self) -> health::EventPath {
+        self.health.event_path(self.sender.capacity())
+    }
+
+    /// Batches waiting in the queue, and how many it holds.
+    pub fn queued_batches(&self) -> (usize, usize) {
+        let capacity = self.sender.max_capacity();
+        (capacity - self.sender.capacity(), capacity)
     }
 }
 
@@ -243,6 +259,7 @@ pub fn build(ctx: &BuildContext<'_, '_>) -> Result<BuiltSource, ConfigError> {
         undecoded_invalid: Arc::new(AtomicU64::new(0)),
         prices,
         unpriced: Arc::new(AtomicU64::new(0)),
+        health: Arc::default(),
     });
     Forwarder::new(config.clone(), probe)
         .map_err(|(key, message)| ctx.spec.error_at_key(key, message))?;
@@ -266,7 +283,7 @@ impl ProxySource {
 async fn serve_admin(
     listener: TcpListener,
     metrics: Arc<ComponentMetrics>,
-    upstream: String,
+    forwarder: Arc<Forwarder>,
     load: WorkerLoad,
     stop: CancellationToken,
 ) {
@@ -279,31 +296,23 @@ async fn serve_admin(
             },
         };
         let metrics = metrics.clone();
-        let upstream = upstream.clone();
+        let forwarder = forwarder.clone();
         let load = load.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
-                let upstream = upstream.clone();
+                let forwarder = forwarder.clone();
                 let load = load.clone();
                 async move {
-                    let (status, body) = if request.uri().path() == "/health" {
-                        let snapshot = metrics.snapshot();
-                        (
-                            StatusCode::OK,
-                            serde_json::json!({
-                                "status": "ok",
-                                "upstream": upstream,
-                                "events": snapshot.events_out,
-                                "events_dropped": snapshot.dropped,
-                                "open_connections_per_worker": load.open_connections(),
-                            }),
-                        )
-                    } else {
-                        (
+                    let path = request.uri().path().to_string();
+                    let (status, body) = match path.as_str() {
+                        "/health" | "/ready" => {
+                            admin_health(&path, &metrics, &forwarder, &load).await
+                        }
+                        _ => (
                             StatusCode::NOT_FOUND,
-                            serde_json::json!({"error": "not found; the proxy's admin endpoint serves /health"}),
-                        )
+                            serde_json::json!({"error": "not found; the proxy's admin endpoint serves /health and /ready"}),
+                        ),
                     };
                     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
                     *response.status_mut() = status;
@@ -319,6 +328,60 @@ async fn serve_admin(
                 .await;
         });
     }
+}
+
+/// `/health` (liveness: always 200 while the process runs, `status` `ok` or `degraded`, from
+/// what recent calls and probes showed, without touching the network) and `/ready` (503 while
+/// the upstream cannot be reached, probing it when no call showed lately: calls through this
+/// proxy would fail). A troubled event path degrades health but not readiness, since calls
+/// still pass (fail-open).
+async fn admin_health(
+    path: &str,
+    metrics: &ComponentMetrics,
+    forwarder: &Forwarder,
+    load: &WorkerLoad,
+) -> (StatusCode, serde_json::Value) {
+    let upstream = forwarder
+        .emitter
+        .health
+        .upstream(&forwarder.upstream, path == "/ready")
+        .await;
+    let event_path = forwarder.emitter.event_path();
+    let (queued, capacity) = forwarder.emitter.queued_batches();
+    let snapshot = metrics.snapshot();
+    let healthy = !upstream.unreachable() && event_path == health::EventPath::Ok;
+    let checks = serde_json::json!({
+        "upstream": upstream.to_json(&forwarder.config.upstream),
+        "event_path": {
+            "state": event_path.name(),
+            "queued_batches": queued,
+            "queue_batches": capacity,
+            "events_dropped": snapshot.dropped,
+        },
+    });
+    if path == "/ready" {
+        let ready = upstream.reachable();
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        return (
+            status,
+            serde_json::json!({"ready": ready, "checks": checks}),
+        );
+    }
+    (
+        StatusCode::OK,
+        serde_json::json!({
+            "status": if healthy { "ok" } else { "degraded" },
+            "upstream": forwarder.config.upstream,
+            "checks": checks,
+            "events": snapshot.events_out,
+            "events_dropped": snapshot.dropped,
+            "open_connections_per_worker": load.open_connections(),
+        }),
+    )
 }
 
 /// Sends the workers' batches on as they come, forwards each barrier after the batches queued
@@ -378,7 +441,9 @@ impl Source for ProxySource {
             prices: price_table(&config.prices, config.prices_file.as_deref())
                 .map_err(|(_, message)| ComponentError::other(message))?,
             unpriced: ctx.metrics.named("unpriced_calls"),
+            health: Arc::default(),
         });
+        let health = emitter.health.clone();
         let forwarder = Arc::new(
             Forwarder::new(config.clone(), emitter)
                 .map_err(|(_, message)| ComponentError::other(message))?,
@@ -403,6 +468,7 @@ impl Source for ProxySource {
         };
         // The workers accept on the listening socket themselves; they stop accepting, and let
         // calls in flight finish, on `stop`.
+        let admin_forwarder = forwarder.clone();
         let workers = Workers::start(
             config.workers.get(),
             &ctx.id.to_string(),
@@ -417,7 +483,7 @@ impl Source for ProxySource {
             tokio::spawn(serve_admin(
                 admin,
                 ctx.metrics.clone(),
-                config.upstream.clone(),
+                admin_forwarder,
                 load,
                 stop.clone(),
             ));
@@ -436,6 +502,7 @@ impl Source for ProxySource {
             // must not notice. Keep forwarding calls; count their events as dropped.
             Err(ComponentError::DownstreamClosed) => {
                 tracing::error!(source = %ctx.id, "proxy: every downstream component has stopped; still forwarding calls, their events are dropped and counted");
+                health.record_downstream_stopped();
                 loop {
                     tokio::select! {
                         _ = drained.cancelled() => break,
