@@ -1,6 +1,7 @@
 //! `pipeline status` and `pipeline top`: a running instance seen through its HTTP API. Both
 //! sample `/api/v1/pipelines` twice to turn counters into rates; `status` prints once (health,
-//! each pipeline's state, per-component rates, errors, drops, queue depth and watermark lag)
+//! each pipeline's state, per-component rates, errors, drops, queue depth and watermark lag,
+//! and a `degraded:` line with the backlog of each component whose outside system is down)
 //! and exits 0 when ready, 1 when not, 2 when the API cannot be reached; `top` redraws the
 //! same table every interval, like `vector top`.
 
@@ -191,8 +192,38 @@ fn render(health: &Value, before: &Sample, after: &Sample) -> String {
                 counter("keys_capped") + counter("keys_dropped")
             );
         }
+        for component in pipeline["components"].as_array().into_iter().flatten() {
+            if let Some(line) = degraded(component) {
+                let _ = writeln!(out, "{line}");
+            }
+        }
     }
     out
+}
+
+/// `degraded: …` for a component whose outside system (a database, a broker, a receiver) is
+/// down, with what it holds meanwhile: rows it has taken in and not written, and batches
+/// waiting in its input queue.
+fn degraded(component: &Value) -> Option<String> {
+    let stats = &component["stats"];
+    if stats["connected"].as_bool() != Some(false) {
+        return None;
+    }
+    let buffered: u64 = ["buffered_rows", "buffered_events"]
+        .iter()
+        .filter_map(|name| component["counters"][name].as_u64())
+        .sum();
+    let queued = stats["queue_depth"].as_u64().unwrap_or(0);
+    let what = match component["kind"].as_str() {
+        Some("sink") => "cannot write to its store",
+        Some("source") => "cannot reach its broker",
+        _ => "lost its connection",
+    };
+    Some(format!(
+        "degraded: {} `{}` {what}; backlog {buffered} rows held, {queued} batches queued",
+        component["kind"].as_str().unwrap_or("component"),
+        component["id"].as_str().unwrap_or_default(),
+    ))
 }
 
 async fn sample(client: &Client) -> anyhow::Result<Sample> {
@@ -244,5 +275,28 @@ pub async fn top(options: TopOptions) -> anyhow::Result<ExitCode> {
         if options.iterations.is_some_and(|limit| refreshes >= limit) {
             return Ok(ExitCode::SUCCESS);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_disconnected_sink_is_degraded_with_its_backlog() {
+        let sink = serde_json::json!({
+            "id": "store", "kind": "sink", "type": "postgres",
+            "stats": {"connected": false, "queue_depth": 7},
+            "counters": {"retries": 3, "buffered_rows": 1200},
+        });
+        assert_eq!(
+            degraded(&sink).as_deref(),
+            Some("degraded: sink `store` cannot write to its store; backlog 1200 rows held, 7 batches queued")
+        );
+        let up = serde_json::json!({"id": "store", "kind": "sink", "stats": {"connected": true}});
+        assert_eq!(degraded(&up), None);
+        let unknown =
+            serde_json::json!({"id": "file", "kind": "sink", "stats": {"connected": null}});
+        assert_eq!(degraded(&unknown), None);
     }
 }

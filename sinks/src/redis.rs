@@ -97,6 +97,7 @@ pub fn build(ctx: &BuildContext<'_, '_>) -> Result<Box<dyn Sink>, ConfigError> {
         config,
         connection: None,
         retries: ctx.metrics.named("retries"),
+        buffered_rows: ctx.metrics.gauge("buffered_rows"),
     }))
 }
 
@@ -108,6 +109,8 @@ pub struct RedisSink {
     alerts: bool,
     connection: Option<ConnectionManager>,
     retries: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Rows of the batch held while Redis is down (with the input queue, the backlog).
+    buffered_rows: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl RedisSink {
@@ -227,10 +230,16 @@ impl Sink for RedisSink {
             match result {
                 Ok(()) => {
                     self.metrics.set_connected(true);
+                    self.buffered_rows
+                        .store(0, std::sync::atomic::Ordering::Relaxed);
                     return Ok(());
                 }
                 Err(error) => {
                     self.metrics.set_connected(false);
+                    self.buffered_rows.store(
+                        batch.num_rows() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                     self.retries
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let delay = backoff.next_delay();

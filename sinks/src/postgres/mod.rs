@@ -88,6 +88,7 @@ pub fn build(ctx: &BuildContext<'_, '_>) -> Result<Box<dyn Sink>, ConfigError> {
             rows_written: metrics.named("rows_written"),
             transactions: metrics.named("transactions"),
             retries: metrics.named("retries"),
+            buffered_rows: metrics.gauge("buffered_rows"),
         },
         metrics: metrics.clone(),
         config,
@@ -98,6 +99,9 @@ struct Counters {
     rows_written: Arc<AtomicU64>,
     transactions: Arc<AtomicU64>,
     retries: Arc<AtomicU64>,
+    /// Rows taken in and not yet committed: with the input queue, the backlog while the
+    /// database is down.
+    buffered_rows: Arc<AtomicU64>,
 }
 
 struct PostgresSink {
@@ -218,6 +222,7 @@ impl PostgresSink {
         self.counters.transactions.fetch_add(1, Ordering::Relaxed);
         self.pending.clear();
         self.pending_rows = 0;
+        self.counters.buffered_rows.store(0, Ordering::Relaxed);
         self.oldest = None;
         Ok(())
     }
@@ -434,6 +439,9 @@ impl Sink for PostgresSink {
     async fn write(&mut self, batch: RecordBatch) -> ComponentResult {
         self.ensure_ready().await?;
         self.pending_rows += batch.num_rows();
+        self.counters
+            .buffered_rows
+            .store(self.pending_rows as u64, Ordering::Relaxed);
         self.pending.push(batch);
         self.oldest.get_or_insert_with(Instant::now);
         if self.pending_rows >= self.config.batch_size {
