@@ -7,10 +7,9 @@
 //! second or cost, and a status code outside 100–599. An Arrow stream from an earlier version,
 //! without the columns added since, is read with those columns null.
 
-use std::io::Cursor;
-
+use arrow::buffer::Buffer;
 use arrow::datatypes::Schema;
-use arrow::ipc::reader::StreamReader;
+use arrow::ipc::reader::StreamDecoder;
 use arrow::ipc::writer::StreamWriter;
 use arrow::record_batch::RecordBatch;
 use serde::Deserialize;
@@ -347,13 +346,39 @@ fn describe_json_error(error: &serde_path_to_error::Error<serde_json::Error>) ->
 }
 
 fn decode_arrow(body: &[u8]) -> Result<Vec<RecordBatch>, CodecError> {
-    let reader = StreamReader::try_new(Cursor::new(body), None)
-        .map_err(|e| CodecError::Arrow(e.to_string()))?;
+    // The push decoder only ever holds bytes the body has: the pull reader allocates each
+    // message's declared length up front, so 200 bytes claiming 2 GB cost 2 GB (found by
+    // the `broker-message` fuzz target).
+    // arrow's IPC reader panics on some malformed streams (an unknown type, a buffer past
+    // the body's end): a message that makes it panic is refused like any other malformed one.
+    std::panic::catch_unwind(|| decode_arrow_unguarded(body)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("the decoder panicked");
+        Err(CodecError::Arrow(format!("malformed stream ({why})")))
+    })
+}
+
+fn decode_arrow_unguarded(body: &[u8]) -> Result<Vec<RecordBatch>, CodecError> {
+    let arrow_error = |e: arrow::error::ArrowError| CodecError::Arrow(e.to_string());
+    let mut decoder = StreamDecoder::new();
+    let mut buffer = Buffer::from_slice_ref(body);
+    let mut decoded = Vec::new();
+    while !buffer.is_empty() {
+        if let Some(batch) = decoder.decode(&mut buffer).map_err(arrow_error)? {
+            decoded.push(batch);
+        }
+    }
+    decoder.finish().map_err(arrow_error)?;
+    let schema = decoder
+        .schema()
+        .ok_or_else(|| CodecError::Arrow("the stream has no schema".into()))?;
     let expected = api_call_schema();
-    let present = check_api_call_schema(reader.schema().as_ref(), expected.as_ref())?;
+    let present = check_api_call_schema(schema.as_ref(), expected.as_ref())?;
     let mut batches = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| CodecError::Arrow(e.to_string()))?;
+    for batch in decoded {
         // An earlier version's stream lacks the columns added since: they are null.
         let mut columns = batch.columns().to_vec();
         for field in &expected.fields()[present..] {
@@ -492,6 +517,37 @@ mod tests {
         );
         let trailing = format!("{good} 42");
         assert!(error(trailing.as_bytes()).contains("trailing"));
+    }
+
+    #[test]
+    fn an_arrow_message_claiming_gigabytes_is_refused_without_allocating_them() {
+        // A continuation marker and a metadata length of 2 GiB, then a few bytes.
+        let mut body = vec![0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x80];
+        body.extend_from_slice(b"not a flatbuffer");
+        let message = decode_api_calls(&body, Some(ARROW_CONTENT_TYPE))
+            .unwrap_err()
+            .to_string();
+        assert!(message.starts_with("invalid Arrow IPC stream"), "{message}");
+        // JSON sent as Arrow: its first four bytes read as a length near 2 GB.
+        let json = br#"[{"timestamp": "2026-05-01T10:00:00Z", "request_id": "r1"}]"#;
+        assert!(decode_api_calls(json, Some(ARROW_CONTENT_TYPE)).is_err());
+    }
+
+    #[test]
+    fn arrow_streams_that_make_the_ipc_reader_panic_are_refused() {
+        // Found by the `broker-message` fuzz target; the first byte is the target's flag.
+        for input in [
+            include_bytes!("../../benches/fuzz/corpus/broker-message/regression-arrow-panic-1")
+                .as_slice(),
+            include_bytes!("../../benches/fuzz/corpus/broker-message/regression-arrow-panic-2"),
+            include_bytes!("../../benches/fuzz/corpus/broker-message/regression-arrow-panic-3"),
+            include_bytes!("../../benches/fuzz/corpus/broker-message/regression-arrow-panic-4"),
+        ] {
+            let message = decode_api_calls(&input[1..], Some(ARROW_CONTENT_TYPE))
+                .unwrap_err()
+                .to_string();
+            assert!(message.starts_with("invalid Arrow IPC stream"), "{message}");
+        }
     }
 
     #[test]
