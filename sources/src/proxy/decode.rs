@@ -169,8 +169,12 @@ impl Decoder {
             Inner::Gzip(decoder) => decoder.try_finish(),
             Inner::Zlib(decoder) => decoder.try_finish(),
             Inner::RawDeflate(decoder) => decoder.try_finish(),
-            Inner::Brotli(decoder) => decoder.flush(),
-            Inner::Zstd(decoder) => decoder.flush(),
+            // `close` and `do_finish` also hand over what the decoder still holds, and fail
+            // on a stream that stopped short: `flush` did neither, so a truncated body's
+            // usage could read differently depending on how its bytes arrived (found by the
+            // `decoder` fuzz target).
+            Inner::Brotli(decoder) => decoder.close(),
+            Inner::Zstd(decoder) => decoder.do_finish(),
             Inner::DeflateUndecided => Ok(()),
         };
         if finished.is_err() {
@@ -281,6 +285,28 @@ mod tests {
         }
         decoder.finish(|bytes| out.extend_from_slice(bytes));
         (out, decoder.failure())
+    }
+
+    #[test]
+    fn a_stream_that_stops_short_is_invalid_in_every_encoding() {
+        let long = TEXT.repeat(200);
+        for encoding in [
+            Encoding::Gzip,
+            Encoding::Deflate,
+            Encoding::Brotli,
+            Encoding::Zstd,
+        ] {
+            let data = encoded(encoding, &long);
+            let cut = &data[..data.len() - 3];
+            for piece in [1, 100, cut.len()] {
+                let (_, failure) = decode_in_pieces(encoding, cut, piece, 1 << 20);
+                assert_eq!(
+                    failure,
+                    Some(Undecoded::Invalid),
+                    "{encoding:?} cut short, in pieces of {piece}"
+                );
+            }
+        }
     }
 
     #[test]
