@@ -40,7 +40,8 @@ pub fn request_facts(
     version: u8,
     headers: &[Header<'_>],
 ) -> Option<RequestFacts> {
-    if version != 1 || method == "CONNECT" || !target.starts_with('/') {
+    if version != 1 || method == "CONNECT" || !target.starts_with('/') || !hyper_reads_as_is(target)
+    {
         return None;
     }
     let mut length = None;
@@ -85,6 +86,55 @@ pub fn request_facts(
             "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
         ),
     })
+}
+
+/// Bytes of a target that every URI parser reads as they are.
+const PLAIN_TARGET: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+                    | b'/'
+                    | b'?'
+                    | b'%'
+            );
+        byte += 1;
+    }
+    table
+};
+
+/// Whether hyper reads `target` as the same origin-form target, so both paths forward what
+/// the client sent: the common target is checked byte by byte; an unusual one (a fragment,
+/// characters hyper's URI parser refuses, a length past its limit) is left to hyper, which
+/// answers it as it always has (found by the `request-head` fuzz target).
+fn hyper_reads_as_is(target: &str) -> bool {
+    const HYPER_MAX_TARGET: usize = u16::MAX as usize - 1;
+    if target.len() > HYPER_MAX_TARGET {
+        return false;
+    }
+    if target.bytes().all(|b| PLAIN_TARGET[b as usize]) {
+        return true;
+    }
+    !target.contains('#') && hyper::http::uri::PathAndQuery::try_from(target).is_ok()
 }
 
 /// What the direct path needs to know about an upstream response.
