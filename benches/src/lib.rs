@@ -41,6 +41,7 @@ pub fn build_pipeline(name: &str, text: &str) -> anyhow::Result<engine::runtime:
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+pub mod fuzz;
 pub mod median_interval;
 pub mod nab;
 pub mod ticker;

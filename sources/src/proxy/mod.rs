@@ -51,6 +51,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use config::ProxyConfig;
+/// The direct path's pure parts, for the fuzzing harness (`benches`' `fuzz`).
+#[doc(hidden)]
+pub use direct::fuzzing;
 use extract::{CardinalityCap, Recognizer, RouteTemplate};
 use server::Forwarder;
 pub use server::{strip_hop_by_hop, MALFORMED_ROUTE};

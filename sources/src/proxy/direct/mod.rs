@@ -11,6 +11,7 @@
 //! connection exactly as it serves every connection with `http1_forwarding = "hyper"`.
 
 mod chunked;
+pub mod fuzzing;
 mod head;
 mod io;
 
