@@ -402,7 +402,35 @@ key_prefix = "{queue}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    tokio::time::sleep(Duration::from_secs(settings.window_secs as u64 + 2)).await;
+    // Then until event time has passed the end of the last window the calls fall in (idle,
+    // it advances with the wall clock), so every window closed on its own.
+    let last_window_end = {
+        let window_micros = settings.window_secs * 1_000_000;
+        let now = now_micros();
+        let newest = sent
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|call| call.event_time)
+            .filter(|&t| t <= now + 300_000_000)
+            .max()
+            .unwrap_or(now);
+        (newest.div_euclid(window_micros) + 1) * window_micros
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let watermark = metrics.get("w").map_or(i64::MIN, |m| {
+            m.watermark.load(std::sync::atomic::Ordering::Relaxed)
+        });
+        if watermark >= last_window_end {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "event time stopped at {watermark} µs, before the last window's end {last_window_end}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     shutdown.cancel();
     let report = tokio::time::timeout(Duration::from_secs(120), running)
         .await
