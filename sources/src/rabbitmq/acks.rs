@@ -11,6 +11,11 @@ use std::collections::{HashSet, VecDeque};
 /// keeps the ids of every delivery taken and not yet acknowledged, plus those acknowledged by
 /// the newest ack (an ack in flight when the process died may not have reached the broker).
 /// Messages without a `message_id` cannot be recognised; they are processed again.
+///
+/// It also remembers the ids of the last [`RECENT_IDS`] deliveries, so a message *published*
+/// twice — a producer retrying a publish whose confirm was lost when the broker restarted, as
+/// the `rabbitmq` sink does, keeping the id — is counted once when its copies arrive that close
+/// together (in memory only: after a restart the checkpoint's ids do this).
 #[derive(Debug, Default)]
 pub struct Covered {
     /// (delivery tag, message id) of deliveries taken and not yet acknowledged.
@@ -18,7 +23,13 @@ pub struct Covered {
     last_acked: Vec<String>,
     /// Ids already counted: skip (and acknowledge) them when they come again.
     skip: HashSet<String>,
+    /// The ids of the latest deliveries taken, oldest first, and the same as a set.
+    recent_order: VecDeque<String>,
+    recent: HashSet<String>,
 }
+
+/// Deliveries whose ids are remembered to recognise a message published twice.
+pub const RECENT_IDS: usize = 16_384;
 
 /// What the source keeps in a checkpoint.
 #[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -34,10 +45,20 @@ impl Covered {
 
     /// Whether a delivery was already counted; if so it is skipped once.
     pub fn already_counted(&mut self, message_id: Option<&str>) -> bool {
-        message_id.is_some_and(|id| self.skip.remove(id))
+        message_id.is_some_and(|id| self.skip.remove(id) || self.recent.contains(id))
     }
 
     pub fn taken(&mut self, tag: u64, message_id: Option<String>) {
+        if let Some(id) = &message_id {
+            if self.recent.insert(id.clone()) {
+                self.recent_order.push_back(id.clone());
+                if self.recent_order.len() > RECENT_IDS {
+                    if let Some(oldest) = self.recent_order.pop_front() {
+                        self.recent.remove(&oldest);
+                    }
+                }
+            }
+        }
         self.unacked.push_back((tag, message_id));
     }
 
@@ -167,6 +188,25 @@ impl AckTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_published_twice_is_counted_once_while_its_id_is_recent() {
+        let mut covered = Covered::default();
+        assert!(!covered.already_counted(Some("m1")));
+        covered.taken(1, Some("m1".into()));
+        covered.acked_up_to(1);
+        // The producer's retry of m1 arrives as a new delivery after others.
+        covered.taken(2, Some("m2".into()));
+        assert!(covered.already_counted(Some("m1")));
+        assert!(!covered.already_counted(Some("m3")));
+        // Only the latest RECENT_IDS ids are remembered.
+        for tag in 0..RECENT_IDS as u64 {
+            covered.taken(10 + tag, Some(format!("x{tag}")));
+        }
+        assert!(!covered.already_counted(Some("m1")));
+        assert!(covered.already_counted(Some(&format!("x{}", RECENT_IDS - 1))));
+        assert_eq!(covered.recent.len(), RECENT_IDS);
+    }
 
     #[test]
     fn a_checkpoint_covers_unacked_and_just_acked_ids_and_a_restore_skips_them_once() {
