@@ -273,8 +273,38 @@ async fn the_dashboard_shows_live_charts_and_the_incidents_alert() {
     page.command("Page.enable", json!({})).await;
     page.command("Runtime.enable", json!({})).await;
 
-    // Let the demo record a few 10 s windows first: the page must show them on load.
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    // Let the demo record a few 10 s windows first (three per key, seen through the API): the
+    // page must show them on load.
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut seen: std::collections::HashMap<String, std::collections::HashSet<String>> =
+        Default::default();
+    while seen.len() < 3 || seen.values().any(|starts| starts.len() < 3) {
+        assert!(
+            Instant::now() < deadline,
+            "the demo recorded too few windows: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Ok(response) = client
+            .get(format!(
+                "http://127.0.0.1:{monitor}/api/v1/metrics/realtime?window=per_10s"
+            ))
+            .bearer_auth("test-api-key-12345")
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let Ok(body) = response.json::<Value>().await else {
+            continue;
+        };
+        for row in body["results"].as_array().into_iter().flatten() {
+            let key = format!("{}|{}", row["model"], row["endpoint"]);
+            seen.entry(key)
+                .or_default()
+                .insert(row["window_start"].to_string());
+        }
+    }
     let url = format!("http://127.0.0.1:{monitor}/#key=test-api-key-12345");
     page.command("Page.navigate", json!({ "url": url })).await;
 
